@@ -1,0 +1,1 @@
+"""The ``dccnn`` command line (Typer + Rich)."""

@@ -1,0 +1,36 @@
+"""``dccnn``: the command-line entry point. Each command lives in its own module."""
+
+from __future__ import annotations
+
+import typer
+
+from dccnn_deploy import __version__
+from dccnn_deploy.cli import params as params_cmd
+
+app = typer.Typer(
+    name="dccnn",
+    help="DCCNN-LSTM-Reg: symmetric diffeomorphic brain MRI registration.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"dccnn-deploy {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),
+) -> None:
+    """DCCNN-LSTM-Reg: symmetric diffeomorphic brain MRI registration."""
+
+
+app.command("params")(params_cmd.params)
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,119 @@
+"""Evaluation metrics (paper Sec. IV-A-5), one implementation each, used by CLI, training, tests.
+
+Label metrics work on integer numpy arrays; field metrics on voxel-unit displacements
+``(3, D, H, W)`` or ``(B, 3, D, H, W)`` (numpy or torch), see :mod:`dccnn_deploy.ops.warp`.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable, Sequence
+
+import numpy as np
+import torch
+from scipy import ndimage
+
+from dccnn_deploy.ops.jacobian import jacobian_determinant
+from dccnn_deploy.ops.smoothing import gaussian_smooth
+from dccnn_deploy.ops.warp import compose
+
+
+def _as_field(disp) -> torch.Tensor:
+    t = torch.as_tensor(np.asarray(disp) if not torch.is_tensor(disp) else disp).float()
+    return t.unsqueeze(0) if t.dim() == 4 else t
+
+
+def _labels_of(a: np.ndarray, b: np.ndarray, labels: Iterable[int] | None) -> list[int]:
+    if labels is not None:
+        return [int(l) for l in labels]
+    return sorted(int(l) for l in np.union1d(np.unique(a), np.unique(b)) if l != 0)
+
+
+def dice(a: np.ndarray, b: np.ndarray, labels: Iterable[int] | None = None) -> dict[int, float]:
+    """Dice per label (background 0 excluded unless listed); NaN where both lack a label."""
+    out = {}
+    for lab in _labels_of(a, b, labels):
+        ma, mb = a == lab, b == lab
+        denom = ma.sum() + mb.sum()
+        out[lab] = float(2.0 * np.logical_and(ma, mb).sum() / denom) if denom else float("nan")
+    return out
+
+
+def _surface(mask: np.ndarray) -> np.ndarray:
+    return mask & ~ndimage.binary_erosion(mask, structure=ndimage.generate_binary_structure(3, 1))
+
+
+def hd95(
+    a: np.ndarray, b: np.ndarray, spacing: Sequence[float] = (1.0, 1.0, 1.0), labels: Iterable[int] | None = None
+) -> dict[int, float]:
+    """95th-percentile symmetric Hausdorff distance (mm) between label surfaces, per label.
+
+    NaN where a label is missing from either map.
+    """
+    out = {}
+    for lab in _labels_of(a, b, labels):
+        ma, mb = a == lab, b == lab
+        if not ma.any() or not mb.any():
+            out[lab] = float("nan")
+            continue
+        sa, sb = _surface(ma), _surface(mb)
+        dist_to_b = ndimage.distance_transform_edt(~sb, sampling=spacing)
+        dist_to_a = ndimage.distance_transform_edt(~sa, sampling=spacing)
+        out[lab] = float(np.percentile(np.concatenate([dist_to_b[sa], dist_to_a[sb]]), 95))
+    return out
+
+
+def mean_of(per_label: dict[int, float]) -> float:
+    """Mean over labels, ignoring NaN (NaN if no label has a value)."""
+    vals = [v for v in per_label.values() if not np.isnan(v)]
+    return float(np.mean(vals)) if vals else float("nan")
+
+
+def ssim(a: np.ndarray, b: np.ndarray, data_range: float | None = None, sigma: float = 1.5) -> float:
+    """Mean 3-D structural similarity with a Gaussian window (Wang et al. 2004 constants)."""
+    ta = torch.as_tensor(np.asarray(a, dtype=np.float32))[None, None]
+    tb = torch.as_tensor(np.asarray(b, dtype=np.float32))[None, None]
+    if data_range is None:
+        data_range = float(max(ta.max(), tb.max()) - min(ta.min(), tb.min())) or 1.0
+    c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
+    blur = lambda t: gaussian_smooth(t, sigma)  # noqa: E731
+    mu_a, mu_b = blur(ta), blur(tb)
+    var_a = blur(ta * ta) - mu_a**2
+    var_b = blur(tb * tb) - mu_b**2
+    cov = blur(ta * tb) - mu_a * mu_b
+    s = ((2 * mu_a * mu_b + c1) * (2 * cov + c2)) / ((mu_a**2 + mu_b**2 + c1) * (var_a + var_b + c2))
+    return float(s.mean())
+
+
+def ncc(a: np.ndarray, b: np.ndarray, mask: np.ndarray | None = None) -> float:
+    """Global normalised cross-correlation (Pearson) of two images, optionally in a mask."""
+    x = np.asarray(a, dtype=np.float64)
+    y = np.asarray(b, dtype=np.float64)
+    if mask is not None:
+        x, y = x[mask], y[mask]
+    x = x.ravel() - x.mean()
+    y = y.ravel() - y.mean()
+    denom = np.sqrt((x * x).sum() * (y * y).sum())
+    return float((x * y).sum() / denom) if denom > 0 else 0.0
+
+
+def jacobian_map(disp) -> np.ndarray:
+    """Jacobian determinant map ``(D, H, W)`` of one voxel-unit displacement ``(3, D, H, W)``."""
+    return jacobian_determinant(_as_field(disp))[0, 0].numpy()
+
+
+def folding_percent(disp) -> float:
+    """Percentage of voxels with det(J) <= 0."""
+    return float((jacobian_determinant(_as_field(disp)) <= 0).float().mean() * 100.0)
+
+
+def inverse_consistency(forward, inverse) -> dict[str, float]:
+    """|phi o phi^-1 - id| (voxels) on the moving grid and |phi^-1 o phi - id| on the fixed grid.
+
+    ``forward`` lives on the fixed grid, ``inverse`` on the moving grid (same shapes here).
+    Returns the mean and 95th percentile over both directions.
+    """
+    f, i = _as_field(forward), _as_field(inverse)
+    err = torch.cat(
+        [compose(f, i).norm(dim=1).flatten(), compose(i, f).norm(dim=1).flatten()]
+    ).double()
+    return {"mean": float(err.mean()), "p95": float(torch.quantile(err[:: max(1, err.numel() // 2_000_000)], 0.95))}

@@ -1,0 +1,104 @@
+"""The trilinear warp: sample a volume at displaced voxel coordinates.
+
+Conventions (used everywhere in the package):
+
+* volumes are ``(B, C, D, H, W)``; displacement fields are ``(B, 3, D, H, W)`` in **voxel
+  units** of the grid they live on, channel ``k`` displacing array axis ``k`` (D, H, W);
+* ``warp(x, u)(p) = x(p + u(p))`` (pull-back): ``warp(moving, forward)`` lies on the fixed grid;
+* voxel ``i`` sits at coordinate ``i`` (``align_corners=True`` in grid_sample terms).
+
+:func:`warp` is written with gathers over the eight corner voxels only (Floor, Clip, Gather,
+Mul, Add), so it exports to ONNX without GridSample and TensorRT's parser accepts it.
+:func:`warp_gridsample` is the faster training path; tests tie the two together.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+
+Padding = Literal["zeros", "border"]
+
+
+def identity_grid(shape: tuple[int, int, int], device=None, dtype=torch.float32) -> torch.Tensor:
+    """Voxel coordinates of a ``shape`` grid, ``(1, 3, D, H, W)``."""
+    axes = [torch.arange(n, device=device, dtype=dtype) for n in shape]
+    return torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=0).unsqueeze(0)
+
+
+def warp(volume: torch.Tensor, displacement: torch.Tensor, padding: Padding = "zeros") -> torch.Tensor:
+    """Trilinear sample of ``volume`` at ``identity + displacement`` using gathers.
+
+    ``volume``: ``(B, C, *S_in)``; ``displacement``: ``(B, 3, *S_out)`` in voxels of ``S_in``.
+    Returns ``(B, C, *S_out)``. ``padding="zeros"`` treats samples outside the volume as 0
+    (per corner, exactly as grid_sample), ``"border"`` clamps coordinates to the volume.
+    Coordinates are computed in float32 whatever the volume's dtype.
+    """
+    b, c = volume.shape[:2]
+    size_in = volume.shape[2:]
+    size_out = displacement.shape[2:]
+    coords = identity_grid(tuple(size_out), device=displacement.device) + displacement.float()
+    if padding == "border":
+        coords = torch.stack(
+            [coords[:, k].clamp(0.0, float(size_in[k] - 1)) for k in range(3)], dim=1
+        )
+    base = torch.floor(coords)
+    frac = coords - base
+    base = base.to(torch.int64)
+
+    n_in = size_in[0] * size_in[1] * size_in[2]
+    # (C, B*N): gather along one axis with 1-D indices (ONNX Gather, no expand over channels)
+    flat = volume.reshape(b, c, n_in).transpose(0, 1).reshape(c, b * n_in)
+    batch_offset = (torch.arange(b, device=volume.device, dtype=torch.int64) * n_in).view(b, 1)
+
+    out = None
+    for corner in range(8):
+        offs = ((corner >> 2) & 1, (corner >> 1) & 1, corner & 1)
+        weight = None
+        idx = []
+        inside = None
+        for k in range(3):
+            i_k = base[:, k] + offs[k]
+            w_k = frac[:, k] if offs[k] else 1.0 - frac[:, k]
+            weight = w_k if weight is None else weight * w_k
+            if padding == "zeros":
+                ok = (i_k >= 0) & (i_k <= size_in[k] - 1)
+                inside = ok if inside is None else inside & ok
+            idx.append(i_k.clamp(0, size_in[k] - 1))
+        if inside is not None:
+            weight = weight * inside.to(weight.dtype)
+        lin = (idx[0] * size_in[1] + idx[1]) * size_in[2] + idx[2]  # (B, *S_out)
+        lin = (lin.reshape(b, -1) + batch_offset).reshape(-1)
+        vals = flat.index_select(1, lin).reshape(c, b, *size_out).transpose(0, 1)
+        term = vals * weight.unsqueeze(1).to(vals.dtype)
+        out = term if out is None else out + term
+    return out
+
+
+def _normalised_grid(displacement: torch.Tensor, size_in) -> torch.Tensor:
+    """Voxel displacement -> grid_sample grid ``(B, *S_out, 3)`` in (x=W, y=H, z=D) order."""
+    coords = identity_grid(tuple(displacement.shape[2:]), device=displacement.device) + displacement
+    norm = [2.0 * coords[:, k] / max(size_in[k] - 1, 1) - 1.0 for k in range(3)]
+    return torch.stack(norm[::-1], dim=-1)
+
+
+def warp_gridsample(
+    volume: torch.Tensor, displacement: torch.Tensor, padding: Padding = "zeros", mode: str = "bilinear"
+) -> torch.Tensor:
+    """Same sampling as :func:`warp` through ``grid_sample`` (fast backward; training path).
+
+    ``mode="nearest"`` gives nearest-neighbour sampling for label maps.
+    """
+    grid = _normalised_grid(displacement.float(), volume.shape[2:])
+    out = F.grid_sample(volume.float(), grid, mode=mode, padding_mode=padding, align_corners=True)
+    return out.to(volume.dtype)
+
+
+def compose(outer: torch.Tensor, inner: torch.Tensor, sampler=warp) -> torch.Tensor:
+    """Displacement of ``phi_outer o phi_inner``: ``x -> inner(x) + outer(x + inner(x))``.
+
+    ``inner`` lives on the output grid; ``outer`` is sampled with border padding.
+    """
+    return inner + sampler(outer, inner, padding="border")

@@ -1,0 +1,126 @@
+"""Network shapes, gradients, parameter counts (Table V), symmetry and the homotopy."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from dccnn_deploy import DCCNNLSTMReg, ModelConfig
+from dccnn_deploy.model import homotopy
+
+
+@pytest.mark.parametrize("shape", [(17, 21, 11), (16, 16, 16), (9, 30, 13)])
+def test_shapes_and_dtypes_for_odd_grids(small_config, shape):
+    model = DCCNNLSTMReg(small_config)
+    x, y = torch.rand(2, 1, *shape), torch.rand(2, 1, *shape)
+    out = model(x, y, trace=True)
+    assert out.forward.shape == (2, 3, *shape) and out.inverse.shape == (2, 3, *shape)
+    assert out.forward.dtype == torch.float32
+    assert len(out.scales) == small_config.scales
+    for level, trace in enumerate(out.scales):
+        assert len(trace.increments) == small_config.steps
+        assert len(trace.homotopies) == small_config.steps + 1
+        assert trace.fields.shape[0] == 4
+        factor = 2 ** (small_config.scales - 1 - level)
+        assert trace.fields.shape[2] * factor >= shape[0]
+
+
+def test_default_config_runs_at_paper_depth():
+    model = DCCNNLSTMReg()
+    assert model.config.scales == 5 and model.config.steps == 4
+    assert model.config.pyramid_channels == (64, 32, 16, 16, 8)
+    out = model(torch.rand(1, 1, 16, 16, 16), torch.rand(1, 1, 16, 16, 16))
+    assert out.forward.shape == (1, 3, 16, 16, 16)
+    assert torch.isfinite(out.forward).all()
+
+
+def test_rejects_mismatched_inputs(small_config):
+    model = DCCNNLSTMReg(small_config)
+    with pytest.raises(ValueError, match="one shape"):
+        model(torch.rand(1, 1, 8, 8, 8), torch.rand(1, 1, 8, 8, 9))
+
+
+def test_gradients_reach_every_parameter(small_config):
+    from dccnn_deploy.losses import DCCNNLoss
+
+    torch.manual_seed(0)
+    model = DCCNNLSTMReg(small_config)
+    x, y = torch.rand(1, 1, 16, 16, 16), torch.rand(1, 1, 16, 16, 16)
+    total, _ = DCCNNLoss(divisor=small_config.divisor)(model(x, y, trace=True), x, y)
+    total.backward()
+    missing = [n for n, p in model.named_parameters() if p.grad is None or p.grad.abs().sum() == 0]
+    assert not missing, missing
+
+
+from dccnn_deploy.cli.params import PAPER_TABLE_V
+
+
+def test_parameter_counts_per_step_match_table_v_increment():
+    """With the channel set that Table V's counts imply, each step adds exactly 103,416."""
+    counts = {
+        n: DCCNNLSTMReg(
+            ModelConfig(steps=n, pyramid_channels=(64, 32, 32, 16, 8), encoder_channels=(32, 32, 64, 128, 128))
+        ).parameter_count()
+        for n in PAPER_TABLE_V
+    }
+    for n in range(2, 7):
+        assert counts[n] - counts[n - 1] == 103_416
+    for n, paper in PAPER_TABLE_V.items():
+        assert abs(counts[n] - paper) == 264  # U-Net widths are not given in the paper
+
+
+def test_parameter_counts_of_paper_text_channels():
+    counts = [DCCNNLSTMReg(ModelConfig(steps=n)).parameter_count() for n in range(1, 7)]
+    assert counts[0] == 756_496
+    assert all(b - a == 93_048 for a, b in zip(counts, counts[1:]))
+
+
+def test_swapping_inputs_swaps_forward_and_inverse(small_config):
+    torch.manual_seed(0)
+    model = DCCNNLSTMReg(small_config).eval()
+    x, y = torch.rand(1, 1, 16, 20, 12), torch.rand(1, 1, 16, 20, 12)
+    with torch.no_grad():
+        a, b = model(x, y), model(y, x)
+    assert torch.allclose(a.forward, b.inverse, atol=1e-6)
+    assert torch.allclose(a.inverse, b.forward, atol=1e-6)
+    assert a.forward.abs().max() > 0
+
+
+def test_identical_images_give_symmetric_paths(small_config):
+    model = DCCNNLSTMReg(small_config).eval()
+    x = torch.rand(1, 1, 16, 16, 16)
+    with torch.no_grad():
+        out = model(x, x)
+    assert torch.allclose(out.forward, out.inverse, atol=1e-6)
+
+
+def test_samplers_agree(small_config):
+    torch.manual_seed(0)
+    model = DCCNNLSTMReg(small_config).eval()
+    x, y = torch.rand(1, 1, 16, 20, 12), torch.rand(1, 1, 16, 20, 12)
+    with torch.no_grad():
+        a = model(x, y).forward
+        model.sampler = "gather"
+        b = model(x, y).forward
+    assert (a - b).abs().max() < 1e-4
+    with pytest.raises(ValueError):
+        model.sampler = "nearest"
+
+
+def test_homotopy_is_one_at_identity_and_grows_under_compression():
+    zero = torch.zeros(1, 3, 10, 10, 10)
+    assert torch.allclose(homotopy(zero, 1.0, 0.1), torch.ones(1, 1, 10, 10, 10), atol=1e-6)
+    shrink = torch.zeros(1, 3, 10, 10, 10)
+    shrink[:, 0] = -0.5 * torch.arange(10.0).view(10, 1, 1)  # det = 0.5
+    assert torch.allclose(homotopy(shrink, 1.0, 0.1), torch.full((1, 1, 10, 10, 10), 2.0), atol=1e-5)
+    fold = 4.0 * shrink  # u = -2x: det = -1 -> clamped at the floor
+    assert torch.allclose(homotopy(fold, 1.0, 0.1), torch.full((1, 1, 10, 10, 10), 10.0), atol=1e-4)
+
+
+def test_config_round_trip_and_validation():
+    cfg = ModelConfig(steps=3)
+    assert ModelConfig.from_dict(cfg.to_dict()) == cfg
+    with pytest.raises(ValueError):
+        ModelConfig(scales=4)
+    with pytest.raises(ValueError):
+        ModelConfig.from_dict({"bogus": 1})

@@ -1,0 +1,105 @@
+"""The one warp (gather) against grid_sample, composition, Jacobian, smoothing, upsampling."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from dccnn_deploy.ops import (
+    compose,
+    divergence,
+    gaussian_smooth,
+    identity_grid,
+    jacobian_determinant,
+    upsample_field,
+    warp,
+    warp_gridsample,
+)
+
+
+def _reference_grid_sample(vol, disp, padding):
+    """grid_sample written out here independently of the package's conversion."""
+    d, h, w = vol.shape[2:]
+    coords = identity_grid(tuple(disp.shape[2:])) + disp
+    gx = coords[:, 2] / (w - 1) * 2 - 1
+    gy = coords[:, 1] / (h - 1) * 2 - 1
+    gz = coords[:, 0] / (d - 1) * 2 - 1
+    grid = torch.stack([gx, gy, gz], dim=-1)
+    return F.grid_sample(vol, grid, mode="bilinear", padding_mode=padding, align_corners=True)
+
+
+@pytest.mark.parametrize("padding", ["zeros", "border"])
+def test_gather_warp_matches_grid_sample_including_borders(padding):
+    torch.manual_seed(0)
+    vol = torch.rand(2, 3, 9, 11, 7)
+    disp = torch.randn(2, 3, 9, 11, 7) * 3.0  # many samples fall outside the volume
+    ref = _reference_grid_sample(vol, disp, padding)
+    assert (warp(vol, disp, padding=padding) - ref).abs().max() <= 1e-5
+    assert (warp_gridsample(vol, disp, padding=padding) - ref).abs().max() <= 1e-5
+
+
+def test_warp_to_other_grid_size_and_identity():
+    torch.manual_seed(1)
+    vol = torch.rand(1, 2, 8, 9, 10)
+    assert torch.allclose(warp(vol, torch.zeros(1, 3, 8, 9, 10)), vol, atol=1e-6)
+    disp = torch.randn(1, 3, 5, 6, 4)
+    assert (warp(vol, disp) - warp_gridsample(vol, disp)).abs().max() <= 1e-5
+
+
+def test_integer_shift_moves_content():
+    vol = torch.zeros(1, 1, 10, 10, 10)
+    vol[0, 0, 5, 5, 5] = 1.0
+    disp = torch.zeros(1, 3, 10, 10, 10)
+    disp[:, 0] = 2.0  # out(p) = vol(p + 2 e_D)
+    out = warp(vol, disp)
+    assert out[0, 0, 3, 5, 5] == pytest.approx(1.0)
+    assert out.sum() == pytest.approx(1.0)
+
+
+def _affine_field(matrix: torch.Tensor, shape) -> torch.Tensor:
+    x = identity_grid(shape)
+    return torch.einsum("ij,bjdhw->bidhw", matrix - torch.eye(3), x)
+
+
+def test_jacobian_of_known_affine_is_exact_everywhere():
+    a = torch.tensor([[1.2, 0.1, 0.0], [0.05, 0.9, 0.2], [0.0, -0.1, 1.1]])
+    disp = _affine_field(a, (7, 8, 9))
+    jac = jacobian_determinant(disp)
+    assert jac.shape == (1, 1, 7, 8, 9)
+    assert torch.allclose(jac, torch.full_like(jac, float(torch.det(a))), atol=1e-5)
+    assert torch.allclose(divergence(disp), torch.full_like(jac, float(torch.trace(a) - 3)), atol=1e-5)
+
+
+def test_jacobian_detects_folding():
+    flip = torch.diag(torch.tensor([-1.0, 1.0, 1.0]))
+    assert (jacobian_determinant(_affine_field(flip, (5, 5, 5))) < 0).all()
+
+
+def test_compose_of_translations_and_inverse():
+    shape = (8, 8, 8)
+    t1 = torch.zeros(1, 3, *shape)
+    t1[:, 0] = 1.5
+    t2 = torch.zeros(1, 3, *shape)
+    t2[:, 1] = -0.5
+    both = compose(t1, t2)
+    assert torch.allclose(both[:, 0], torch.full_like(both[:, 0], 1.5))
+    assert torch.allclose(both[:, 1], torch.full_like(both[:, 1], -0.5))
+    assert compose(t1, -t1)[:, :, 2:-2, 2:-2, 2:-2].abs().max() < 1e-6
+
+
+def test_gaussian_keeps_constants_and_smooths_noise():
+    const = torch.full((1, 1, 6, 7, 8), 2.5)
+    assert torch.allclose(gaussian_smooth(const, 1.0), const, atol=1e-6)
+    noise = torch.randn(1, 1, 16, 16, 16)
+    assert gaussian_smooth(noise, 1.5).std() < 0.5 * noise.std()
+
+
+def test_upsample_field_doubles_a_translation():
+    disp = torch.ones(1, 3, 4, 5, 6)
+    up = upsample_field(disp)
+    assert up.shape == (1, 3, 8, 10, 12)
+    assert torch.allclose(up, torch.full_like(up, 2.0))
+    up4 = upsample_field(disp, 4)
+    assert up4.shape == (1, 3, 16, 20, 24) and torch.allclose(up4, torch.full_like(up4, 4.0))
