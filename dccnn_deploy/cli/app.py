@@ -5,6 +5,7 @@ from __future__ import annotations
 import typer
 
 from dccnn_deploy import __version__
+from dccnn_deploy.cli import apply_cmd, batch_cmd, demo_cmd, evaluate_cmd, register_cmd
 from dccnn_deploy.cli import params as params_cmd
 
 app = typer.Typer(
@@ -29,6 +30,11 @@ def _root(
     """DCCNN-LSTM-Reg: symmetric diffeomorphic brain MRI registration."""
 
 
+app.command("register")(register_cmd.register)
+app.command("apply")(apply_cmd.apply)
+app.command("batch")(batch_cmd.batch)
+app.command("evaluate")(evaluate_cmd.evaluate)
+app.command("demo")(demo_cmd.demo)
 app.command("params")(params_cmd.params)
 
 

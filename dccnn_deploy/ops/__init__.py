@@ -8,6 +8,7 @@ from dccnn_deploy.ops.warp import compose, identity_grid, warp, warp_gridsample
 from dccnn_deploy.ops.jacobian import jacobian_determinant, spatial_gradient, divergence
 from dccnn_deploy.ops.smoothing import gaussian_kernel1d, gaussian_smooth
 from dccnn_deploy.ops.resize import upsample_field, upsample_features
+from dccnn_deploy.ops.integrate import exp_velocity
 
 __all__ = [
     "compose",
@@ -21,4 +22,5 @@ __all__ = [
     "gaussian_smooth",
     "upsample_field",
     "upsample_features",
+    "exp_velocity",
 ]

@@ -1,0 +1,117 @@
+"""nibabel access: open/read with one-line errors, build NIfTI headers, save volumes atomically.
+
+Supported files: ``.nii``, ``.nii.gz`` (NIfTI-1) and ``.mgz``/``.mgh`` (FreeSurfer MGH). The
+affine is always nibabel's ``img.affine``: voxel index -> RAS world mm (sform, else qform).
+Written NIfTI files carry the same affine in sform and qform (code 1, scanner) and mm units.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+from dccnn_deploy.io.atomic import atomic_write
+from dccnn_deploy.io.errors import InputError
+
+NIFTI_SUFFIXES = (".nii", ".nii.gz")
+MGH_SUFFIXES = (".mgz", ".mgh")
+
+
+def image_format(path: str | os.PathLike) -> str | None:
+    """``"nifti"``, ``"mgh"`` or ``None`` from the file name (case-insensitive)."""
+    name = Path(path).name.lower()
+    if name.endswith(NIFTI_SUFFIXES):
+        return "nifti"
+    if name.endswith(MGH_SUFFIXES):
+        return "mgh"
+    return None
+
+
+def _require_format(path: str | os.PathLike) -> str:
+    fmt = image_format(path)
+    if fmt is None:
+        raise InputError.at(path, "unsupported file type (expected .nii, .nii.gz, .mgz or .mgh)")
+    return fmt
+
+
+def open_image(path: str | os.PathLike) -> nib.spatialimages.SpatialImage:
+    """``nib.load`` (header only) with :class:`InputError` for missing/unsupported/unreadable files."""
+    p = Path(path)
+    if not p.exists():
+        raise InputError.at(p, "no such file")
+    if not p.is_file():
+        raise InputError.at(p, "not a regular file")
+    _require_format(p)
+    try:
+        return nib.load(p, mmap=False)
+    except Exception as exc:  # nibabel/gzip raise many types; all mean "not a usable image"
+        raise InputError.at(p, f"not a NIfTI/MGH image ({exc})") from exc
+
+
+def read_array(img: nib.spatialimages.SpatialImage, path: str | os.PathLike) -> np.ndarray:
+    """Read the whole (scaled) data array now, so truncated/corrupt files fail here."""
+    try:
+        return np.asarray(img.dataobj)
+    except Exception as exc:
+        raise InputError.at(path, f"cannot read image data, file truncated or corrupt ({exc})") from exc
+
+
+def nifti_image(data: np.ndarray, affine: np.ndarray) -> nib.Nifti1Image:
+    """A NIfTI-1 image with ``affine`` in both sform and qform (code 1) and mm units."""
+    affine = np.asarray(affine, dtype=np.float64)
+    img = nib.Nifti1Image(data, affine)
+    img.header.set_qform(affine, code=1)
+    img.header.set_sform(affine, code=1)
+    img.header.set_xyzt_units("mm", "sec")
+    return img
+
+
+def label_dtype(data: np.ndarray) -> type:
+    """``int16`` when every label fits, else ``int32``."""
+    info = np.iinfo(np.int16)
+    if data.size == 0 or (data.min() >= info.min and data.max() <= info.max):
+        return np.int16
+    return np.int32
+
+
+def _cast(data: np.ndarray, dtype) -> np.ndarray:
+    """Cast for saving; ``dtype=None`` keeps integer data as labels and floats as float32."""
+    data = np.asarray(data)
+    integer_input = np.issubdtype(data.dtype, np.integer) or data.dtype == bool
+    if dtype is None:
+        dtype = label_dtype(data) if integer_input else np.float32
+    dtype = np.dtype(dtype)
+    if np.issubdtype(dtype, np.integer):
+        rounded = data if integer_input else np.rint(data)
+        info = np.iinfo(dtype)
+        if rounded.size and (rounded.min() < info.min or rounded.max() > info.max):
+            raise ValueError(f"values out of range for {dtype}")
+        return rounded.astype(dtype)
+    return data.astype(dtype)
+
+
+def save_volume(
+    path: str | os.PathLike,
+    data: np.ndarray,
+    affine: np.ndarray,
+    overwrite: bool = False,
+    dtype=None,
+) -> Path:
+    """Write a 3-D array with its voxel->RAS ``affine`` to .nii/.nii.gz/.mgz/.mgh, atomically.
+
+    ``dtype=None``: integer (label) arrays as int16/int32 (:func:`label_dtype`), others float32.
+    An explicit integer ``dtype`` rounds float data. Refuses an existing ``path`` unless
+    ``overwrite`` (:class:`~dccnn_deploy.io.errors.OutputExistsError`).
+    """
+    fmt = _require_format(path)
+    if np.ndim(data) != 3:
+        raise ValueError(f"save_volume expects a 3-D array, got shape {np.shape(data)}")
+    array = _cast(data, dtype)
+    if fmt == "nifti":
+        img = nifti_image(array, affine)
+    else:
+        img = nib.MGHImage(array, np.asarray(affine, dtype=np.float64))
+    return atomic_write(path, lambda tmp: nib.save(img, tmp), overwrite)

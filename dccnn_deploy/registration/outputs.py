@@ -1,0 +1,158 @@
+"""Outputs of a registration: computed into a staging folder, then moved into place together.
+
+Files (``out/``): ``moved.nii.gz`` (moving on the fixed grid), ``inverse_moved.nii.gz`` (fixed
+on the moving grid), ``fwd_warp.nii.gz`` / ``inv_warp.nii.gz`` (ITK/ANTs displacement fields
+including the affine: physical mm, LPS, X×Y×Z×1×3, on the fixed / moving grid),
+``affine.mat`` / ``affine.txt`` (the affine alone, ITK), ``jacobian.nii.gz`` (det of the full
+forward map on the fixed grid), ``qc.png``, ``report.json``, and ``moved_labels.nii.gz`` when
+label maps are given.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from dccnn_deploy.io import OutputExistsError, Volume, check_outputs_free, save_itk_affine, save_itk_displacement, save_volume
+from dccnn_deploy.losses import local_ncc
+from dccnn_deploy.metrics import dice, folding_percent, hd95, inverse_consistency, mean_of, ncc, ssim
+from dccnn_deploy.ops.warp import warp_gridsample
+from dccnn_deploy.preprocess.grid import Grid, resample_to_grid
+from dccnn_deploy.preprocess.intensity import normalise_intensity
+from dccnn_deploy.registration.qc import save_qc_png
+from dccnn_deploy.transform import Registration, map_jacobian, sample_at, world_displacement
+
+OUTPUT_FILES = (
+    "moved.nii.gz",
+    "inverse_moved.nii.gz",
+    "fwd_warp.nii.gz",
+    "inv_warp.nii.gz",
+    "affine.mat",
+    "affine.txt",
+    "jacobian.nii.gz",
+    "qc.png",
+    "report.json",
+)
+LABEL_OUTPUT = "moved_labels.nii.gz"
+
+
+class StagedOutputs:
+    """A hidden staging folder in ``out_dir``; :meth:`commit` moves its files into ``out_dir``.
+
+    Leaving the ``with`` block without a commit (an error) removes the staging folder.
+    """
+
+    def __init__(self, out_dir: Path, overwrite: bool):
+        self.out_dir = Path(out_dir)
+        self.overwrite = overwrite
+        self.dir: Path | None = None
+
+    def __enter__(self) -> "StagedOutputs":
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        self.dir = Path(tempfile.mkdtemp(prefix=".staging-", dir=self.out_dir))
+        return self
+
+    def path(self, name: str) -> Path:
+        return self.dir / name
+
+    def commit(self) -> list[Path]:
+        names = sorted(os.listdir(self.dir))
+        check_outputs_free([self.out_dir / n for n in names], overwrite=self.overwrite)
+        for name in names:
+            os.replace(self.dir / name, self.out_dir / name)
+        return [self.out_dir / n for n in names]
+
+    def __exit__(self, *exc) -> None:
+        if self.dir is not None:
+            shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def _image_metrics(moved: np.ndarray, fixed: np.ndarray) -> dict[str, float]:
+    """Similarity on the model grid: global NCC, local NCC (9^3), SSIM."""
+    lncc = float(local_ncc(torch.from_numpy(moved)[None, None], torch.from_numpy(fixed)[None, None])[0])
+    return {"ncc": ncc(moved, fixed), "local_ncc": lncc, "ssim": ssim(moved, fixed, data_range=1.0)}
+
+
+def _label_metrics(moved: np.ndarray, fixed: np.ndarray, spacing) -> dict:
+    labels = sorted(int(l) for l in np.unique(fixed) if l != 0)
+    d = dice(moved, fixed, labels)
+    h = hd95(moved, fixed, spacing, labels)
+    return {"dice_mean": mean_of(d), "hd95_mean_mm": mean_of(h), "dice": {str(k): v for k, v in d.items()}}
+
+
+def _field_metrics(registration: Registration) -> dict:
+    if registration.forward is None:
+        return {"folding_percent_forward": 0.0, "folding_percent_inverse": 0.0}
+    fwd, inv = registration.forward[0], registration.inverse[0]
+    return {
+        "folding_percent_forward": folding_percent(fwd),
+        "folding_percent_inverse": folding_percent(inv),
+        "inverse_consistency_voxels": inverse_consistency(fwd, inv),
+    }
+
+
+def stage_outputs(
+    staged: StagedOutputs,
+    registration: Registration,
+    moving: Volume,
+    fixed: Volume,
+    moving_g: np.ndarray,
+    fixed_g: np.ndarray,
+    labels: tuple[Volume, Volume] | None,
+    report: dict,
+    qc: bool = True,
+) -> None:
+    """Compute every output into ``staged`` and add the quality figures to ``report``."""
+    fixed_grid, moving_grid = Grid(fixed.shape, fixed.affine), Grid(moving.shape, moving.affine)
+    fwd_points = registration.forward_points(fixed_grid)
+    save_volume(staged.path("moved.nii.gz"), sample_at(moving.data, moving.affine, fwd_points), fixed.affine)
+    save_itk_displacement(staged.path("fwd_warp.nii.gz"), world_displacement(fwd_points, fixed_grid), fixed.affine)
+    save_volume(staged.path("jacobian.nii.gz"), map_jacobian(fwd_points, fixed_grid), fixed.affine)
+    if labels is not None:
+        moved_labels = sample_at(labels[0].data, moving.affine, fwd_points, labels=True)
+        save_volume(staged.path(LABEL_OUTPUT), moved_labels, fixed.affine)
+        affine_only = Registration(affine=registration.affine, grid=registration.grid)
+        affine_labels = sample_at(labels[0].data, moving.affine, affine_only.forward_points(fixed_grid), labels=True)
+        report["labels"] = {
+            "after_affine": _label_metrics(affine_labels, labels[1].data, fixed.spacing),
+            "after": _label_metrics(moved_labels, labels[1].data, fixed.spacing),
+        }
+    del fwd_points
+    inv_points = registration.inverse_points(moving_grid)
+    save_volume(staged.path("inverse_moved.nii.gz"), sample_at(fixed.data, fixed.affine, inv_points), moving.affine)
+    save_itk_displacement(staged.path("inv_warp.nii.gz"), world_displacement(inv_points, moving_grid), moving.affine)
+    del inv_points
+    save_itk_affine(staged.path("affine.mat"), registration.affine)
+    save_itk_affine(staged.path("affine.txt"), registration.affine)
+
+    moved_g = moving_g
+    if registration.forward is not None:
+        moved_g = warp_gridsample(torch.from_numpy(moving_g)[None, None], registration.forward)[0, 0].numpy()
+    unaligned = resample_to_grid(normalise_intensity(moving.data), moving.affine, registration.grid)
+    report["similarity"] = {
+        "before": _image_metrics(unaligned, fixed_g),
+        "after_affine": _image_metrics(moving_g, fixed_g),
+        "after": _image_metrics(moved_g, fixed_g),
+    }
+    report["fields"] = _field_metrics(registration)
+    if qc:
+        fwd = registration.forward[0].numpy() if registration.forward is not None else np.zeros((3, *fixed_g.shape), np.float32)
+        from dccnn_deploy.metrics import jacobian_map
+
+        save_qc_png(
+            staged.path("qc.png"), fixed_g, moved_g, fwd, jacobian_map(fwd),
+            title=f"{Path(str(moving.path)).name} -> {Path(str(fixed.path)).name}",
+        )
+
+
+def write_json(path: Path, payload: dict) -> None:
+    path.write_text(json.dumps(payload, indent=2, default=float) + "\n")
+
+
+__all__ = ["OUTPUT_FILES", "LABEL_OUTPUT", "StagedOutputs", "stage_outputs", "write_json", "OutputExistsError"]

@@ -1,0 +1,173 @@
+"""``register_files``: the registration pipeline, one stage after another.
+
+1. load and validate both images (and label maps);           ``io``
+2. affine pre-alignment in world coordinates;                 ``preprocess.affine``
+3. resampling onto the model grid + intensity normalisation;  ``preprocess.grid/intensity``
+4. the network (any backend) -> forward / inverse fields;     ``runtime``
+5. optional instance optimisation (``refine``);               ``refine``
+6. composition affine o deformable, outputs in native grids.  ``transform``, ``registration.outputs``
+
+Every output is written into a staging folder and moved into place only when all succeeded,
+so a failure leaves no partial outputs; existing outputs are refused unless ``overwrite``.
+"""
+
+from __future__ import annotations
+
+import resource
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from dccnn_deploy import __version__
+from dccnn_deploy.checkpoint import DEFAULT_GRID, DEFAULT_SPACING_MM, ModelBundle, load_model
+from dccnn_deploy.io import InputError, Volume, check_outputs_free, load_volume
+from dccnn_deploy.preprocess.affine import centre_of_mass, register_affine
+from dccnn_deploy.preprocess.grid import Grid, model_grid, resample_to_grid
+from dccnn_deploy.preprocess.intensity import foreground_mask, normalise_intensity
+from dccnn_deploy.registration.outputs import LABEL_OUTPUT, OUTPUT_FILES, StagedOutputs, stage_outputs, write_json
+from dccnn_deploy.transform import Registration
+
+Progress = Callable[[str], None]
+
+
+@dataclass
+class RegisterOptions:
+    """What ``dccnn register`` was asked for."""
+
+    model: str | None = None
+    backend: str = "torch"
+    device: str = "cpu"
+    refine: int = 0
+    affine: bool = True
+    moving_labels: str | None = None
+    fixed_labels: str | None = None
+    overwrite: bool = False
+    qc: bool = True
+    grid_shape: tuple[int, int, int] = DEFAULT_GRID
+    spacing_mm: float = DEFAULT_SPACING_MM
+
+
+@dataclass
+class Stages:
+    """Wall time of each stage (seconds)."""
+
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    def run(self, name: str, fn, *args, **kwargs):
+        start = time.perf_counter()
+        result = fn(*args, **kwargs)
+        self.seconds[name] = round(time.perf_counter() - start, 3)
+        return result
+
+
+def _grid_for(fixed: Volume, shape, spacing_mm: float) -> Grid:
+    """The model grid, RAS, centred on the fixed image's foreground centre of mass."""
+    norm = normalise_intensity(fixed.data)
+    centre = centre_of_mass(norm * foreground_mask(norm), fixed.affine)
+    return model_grid(tuple(shape), spacing_mm, centre)
+
+
+def _network_fields(bundle: ModelBundle | None, opts: RegisterOptions, moving_g, fixed_g):
+    if bundle is None:
+        return None, None
+    from dccnn_deploy.runtime.backends import TorchBackend, make_backend
+
+    if opts.backend == "torch":
+        backend = TorchBackend(bundle.model, opts.device)
+    else:
+        backend = make_backend(opts.backend, bundle.path, device=opts.device)
+    fwd, inv = backend.run(moving_g, fixed_g)
+    return torch.from_numpy(fwd)[None], torch.from_numpy(inv)[None]
+
+
+def _refine(opts: RegisterOptions, moving_g, fixed_g, fwd, inv):
+    from dccnn_deploy.refine import refine
+
+    result = refine(
+        torch.from_numpy(moving_g)[None, None], torch.from_numpy(fixed_g)[None, None], opts.refine, fwd, inv
+    )
+    return result.forward, result.inverse
+
+
+def register_files(
+    moving_path: str | Path,
+    fixed_path: str | Path,
+    out_dir: str | Path,
+    opts: RegisterOptions | None = None,
+    progress: Progress | None = None,
+) -> dict:
+    """Register ``moving`` to ``fixed`` and write the outputs into ``out_dir``; returns the report."""
+    opts = opts or RegisterOptions()
+    say = progress or (lambda _msg: None)
+    out_dir = Path(out_dir)
+    if opts.model is None and opts.refine <= 0:
+        raise InputError("no model: pass --model CHECKPOINT (or train one) or --refine N")
+    if (opts.moving_labels is None) != (opts.fixed_labels is None):
+        raise InputError("label maps: give both --moving-labels and --fixed-labels, or neither")
+    names = OUTPUT_FILES + ((LABEL_OUTPUT,) if opts.moving_labels else ())
+    check_outputs_free([out_dir / name for name in names], overwrite=opts.overwrite)
+    stages = Stages()
+    total_start = time.perf_counter()
+
+    say("loading images")
+    moving = stages.run("load", load_volume, moving_path)
+    fixed = load_volume(fixed_path)
+    labels = None
+    if opts.moving_labels:
+        labels = (load_volume(opts.moving_labels, kind="labels"), load_volume(opts.fixed_labels, kind="labels"))
+        for lab, img in ((labels[0], moving), (labels[1], fixed)):
+            if lab.shape != img.shape:
+                raise InputError.at(lab.path, f"label map shape {lab.shape} differs from its image {img.shape}")
+    bundle = stages.run("load_model", load_model, opts.model) if opts.model else None
+    shape = bundle.grid_shape if bundle else tuple(opts.grid_shape)
+    spacing = bundle.spacing_mm if bundle else opts.spacing_mm
+
+    say("affine pre-alignment")
+    if opts.affine:
+        aff = stages.run("affine", register_affine, moving.data, moving.affine, fixed.data, fixed.affine)
+        matrix, affine_info = aff.matrix, {
+            "ncc_before": aff.similarity_before,
+            "ncc_after": aff.similarity_after,
+            "iterations": aff.iterations,
+        }
+    else:
+        matrix, affine_info = np.eye(4), {"skipped": True}
+
+    say("resampling to the model grid")
+    grid = _grid_for(fixed, shape, spacing)
+    fixed_g = stages.run("resample", resample_to_grid, normalise_intensity(fixed.data), fixed.affine, grid)
+    moving_g = resample_to_grid(normalise_intensity(moving.data), moving.affine, grid, world_transform=matrix)
+
+    say("network" if bundle else "no network: refinement from the identity")
+    fwd, inv = stages.run("network", _network_fields, bundle, opts, moving_g, fixed_g)
+    if opts.refine > 0:
+        say(f"refining ({opts.refine} iterations)")
+        fwd, inv = stages.run("refine", _refine, opts, moving_g, fixed_g, fwd, inv)
+
+    registration = Registration(affine=matrix, grid=grid, forward=fwd, inverse=inv)
+    say("writing outputs")
+    report = {
+        "version": __version__,
+        "torch": torch.__version__,
+        "moving": str(moving_path),
+        "fixed": str(fixed_path),
+        "model": {"path": bundle.path, "sha256": bundle.sha256} if bundle else None,
+        "backend": opts.backend if bundle else None,
+        "device": opts.device,
+        "refine_iterations": opts.refine,
+        "grid": {"shape": list(shape), "spacing_mm": spacing},
+        "affine": affine_info,
+    }
+    with StagedOutputs(out_dir, opts.overwrite) as staged:
+        stages.run(
+            "outputs", stage_outputs, staged, registration, moving, fixed, moving_g, fixed_g, labels, report, opts.qc
+        )
+        report["seconds"] = {**stages.seconds, "total": round(time.perf_counter() - total_start, 3)}
+        report["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+        write_json(staged.path("report.json"), report)
+        staged.commit()
+    return report

@@ -1,0 +1,183 @@
+"""Inference backends behind one interface.
+
+Every backend takes ``moving`` and ``fixed`` as ``(D, H, W)`` float32 volumes, already
+normalised and resampled onto the model grid, and returns ``(forward, inverse)`` displacements
+``(3, D, H, W)`` float32 in voxels of that grid (channel k = array axis k; see
+:mod:`dccnn_deploy.ops.warp` for the convention). Optional runtimes (onnxruntime CUDA,
+TensorRT) are imported lazily and fail with a one-line :class:`BackendUnavailable`.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+from pathlib import Path
+from typing import Any, Callable, Protocol, runtime_checkable
+
+import numpy as np
+
+INPUT_NAMES = ("moving", "fixed")
+OUTPUT_NAMES = ("forward_displacement", "inverse_displacement")
+#: Python modules of the two TensorRT flavours, as named in an engine's sidecar JSON.
+TENSORRT_MODULES: dict[str, str] = {"rtx": "tensorrt_rtx", "tensorrt": "tensorrt"}
+TENSORRT_INSTALL_HINT: dict[str, str] = {
+    "rtx": "pip install tensorrt-rtx-cu12",
+    "tensorrt": "install TensorRT from NVIDIA's index (pip install tensorrt)",
+}
+
+
+class BackendUnavailable(RuntimeError):
+    """A backend's runtime or device is missing on this machine."""
+
+
+@runtime_checkable
+class Backend(Protocol):
+    """``run(moving, fixed)``: ``(D, H, W)`` float32 x 2 -> ``(3, D, H, W)`` float32 x 2 (voxels)."""
+
+    name: str
+
+    def run(self, moving: np.ndarray, fixed: np.ndarray) -> tuple[np.ndarray, np.ndarray]: ...
+
+
+def as_batch(volume: np.ndarray) -> np.ndarray:
+    """``(D, H, W)`` -> contiguous float32 ``(1, 1, D, H, W)``."""
+    volume = np.asarray(volume)
+    if volume.ndim != 3:
+        raise ValueError(f"expected a (D, H, W) volume, got shape {volume.shape}")
+    return np.ascontiguousarray(volume, dtype=np.float32)[None, None]
+
+
+def _check_pair(moving: np.ndarray, fixed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    if np.shape(moving) != np.shape(fixed):
+        raise ValueError(f"moving {np.shape(moving)} and fixed {np.shape(fixed)} differ in shape")
+    return as_batch(moving), as_batch(fixed)
+
+
+def import_tensorrt(flavor: str) -> Any:
+    """The ``tensorrt_rtx`` (``flavor="rtx"``) or ``tensorrt`` module, or BackendUnavailable."""
+    if flavor not in TENSORRT_MODULES:
+        raise ValueError(f"flavor must be one of {sorted(TENSORRT_MODULES)}, got {flavor!r}")
+    try:
+        return importlib.import_module(TENSORRT_MODULES[flavor])
+    except ImportError as err:
+        raise BackendUnavailable(
+            f"{TENSORRT_MODULES[flavor]} is not importable ({err}); {TENSORRT_INSTALL_HINT[flavor]}"
+        ) from None
+
+
+class TorchBackend:
+    """The PyTorch model itself (reference). ``device``: ``"cpu"``, ``"cuda"``, ..."""
+
+    def __init__(self, model, device: str = "cpu"):
+        import torch
+
+        self._torch = torch
+        self.device = torch.device(device)
+        if self.device.type == "cuda" and not torch.cuda.is_available():
+            raise BackendUnavailable("TorchBackend: CUDA requested but torch.cuda is not available")
+        self.model = model.to(self.device).eval()
+        self.name = f"torch-{self.device.type}"
+
+    def run(self, moving: np.ndarray, fixed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        torch = self._torch
+        m, f = (torch.from_numpy(v).to(self.device) for v in _check_pair(moving, fixed))
+        with torch.inference_mode():
+            out = self.model(m, f)
+        return tuple(t[0].float().cpu().numpy() for t in (out.forward, out.inverse))
+
+
+class OnnxRuntimeBackend:
+    """An exported graph in ONNX Runtime; ``device="cuda"`` needs the CUDA execution provider.
+
+    ``low_memory`` turns off ORT's memory-pattern pre-allocation: at 80x96x112 (default
+    config, CPU) it roughly halves peak RSS (3.7 -> 2.0 GB) at no measurable speed cost.
+    """
+
+    PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
+
+    def __init__(
+        self, onnx_path: str | Path, device: str = "cpu", threads: int | None = None,
+        low_memory: bool = True,
+    ):
+        import onnxruntime as ort
+
+        if device not in self.PROVIDERS:
+            raise ValueError(f"device must be one of {sorted(self.PROVIDERS)}, got {device!r}")
+        provider = self.PROVIDERS[device]
+        if provider not in ort.get_available_providers():
+            raise BackendUnavailable(
+                f"onnxruntime {ort.__version__} has no {provider} (available: "
+                f"{', '.join(ort.get_available_providers())}); install onnxruntime-gpu for CUDA"
+            )
+        options = ort.SessionOptions()
+        options.enable_mem_pattern = not low_memory
+        if threads:
+            options.intra_op_num_threads = int(threads)
+        providers = [provider] + (["CPUExecutionProvider"] if device != "cpu" else [])
+        self.session = ort.InferenceSession(str(onnx_path), options, providers=providers)
+        self.metadata: dict[str, str] = dict(self.session.get_modelmeta().custom_metadata_map)
+        self.name = f"onnxruntime-{device}"
+
+    def run(self, moving: np.ndarray, fixed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        m, f = _check_pair(moving, fixed)
+        fwd, inv = self.session.run(list(OUTPUT_NAMES), {INPUT_NAMES[0]: m, INPUT_NAMES[1]: f})
+        return fwd[0], inv[0]
+
+
+class TensorRTBackend:
+    """A serialized TensorRT / TensorRT-RTX engine (needs an NVIDIA GPU and torch with CUDA).
+
+    The flavour comes from the engine's sidecar ``<engine>.json`` (written by
+    :func:`dccnn_deploy.export.tensorrt_build.build_engine`), ``rtx`` when it is absent.
+    """
+
+    def __init__(self, engine_path: str | Path, flavor: str | None = None):
+        engine_path = Path(engine_path)
+        sidecar = engine_path.with_name(engine_path.name + ".json")
+        self.info: dict[str, Any] = json.loads(sidecar.read_text()) if sidecar.exists() else {}
+        flavor = flavor or self.info.get("flavor", "rtx")
+        trt = import_tensorrt(flavor)
+        import torch
+
+        if not torch.cuda.is_available():
+            raise BackendUnavailable("TensorRTBackend needs a CUDA GPU (torch.cuda is not available)")
+        self._torch = torch
+        self._logger = trt.Logger(trt.Logger.WARNING)
+        self._runtime = trt.Runtime(self._logger)
+        self.engine = self._runtime.deserialize_cuda_engine(engine_path.read_bytes())
+        if self.engine is None:
+            raise RuntimeError(f"{engine_path}: TensorRT could not deserialize the engine (wrong GPU/version?)")
+        self.context = self.engine.create_execution_context()
+        self.name = f"tensorrt-{flavor}"
+
+    def run(self, moving: np.ndarray, fixed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        torch = self._torch
+        inputs = dict(zip(INPUT_NAMES, _check_pair(moving, fixed)))
+        buffers: dict[str, Any] = {}
+        for name, array in inputs.items():
+            buffers[name] = torch.from_numpy(array).cuda()
+        for name in OUTPUT_NAMES:
+            shape = tuple(self.context.get_tensor_shape(name))
+            buffers[name] = torch.empty(shape, dtype=torch.float32, device="cuda")
+        for name, tensor in buffers.items():
+            self.context.set_tensor_address(name, tensor.data_ptr())
+        stream = torch.cuda.current_stream()
+        if not self.context.execute_async_v3(stream.cuda_stream):
+            raise RuntimeError("TensorRT execution failed")
+        stream.synchronize()
+        return tuple(buffers[name][0].cpu().numpy() for name in OUTPUT_NAMES)
+
+
+#: The one table of backends: name -> constructor.
+BACKENDS: dict[str, Callable[..., Backend]] = {
+    "torch": TorchBackend,
+    "onnxruntime": OnnxRuntimeBackend,
+    "tensorrt": TensorRTBackend,
+}
+
+
+def make_backend(name: str, *args: Any, **kwargs: Any) -> Backend:
+    """``BACKENDS[name](*args, **kwargs)``, e.g. ``make_backend("onnxruntime", path, device="cpu")``."""
+    if name not in BACKENDS:
+        raise ValueError(f"unknown backend {name!r}; choose one of {sorted(BACKENDS)}")
+    return BACKENDS[name](*args, **kwargs)
