@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -84,9 +85,13 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     if not p.is_file():
         raise InputError.at(p, "checkpoint not found")
     try:
-        payload = torch.load(p, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            payload = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any failure means an unusable file
-        raise InputError.at(p, f"unreadable checkpoint ({type(exc).__name__}: {exc})") from None
+        raise InputError.at(
+            p, f"unreadable checkpoint: corrupt, not a torch file, or holds more than tensors ({type(exc).__name__})"
+        ) from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise InputError.at(p, f"not a dccnn-deploy checkpoint (expected format {FORMAT!r})")
     return payload
