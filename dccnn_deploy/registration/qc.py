@@ -19,11 +19,30 @@ def _slices(volume: np.ndarray, centre: tuple[int, int, int]) -> list[np.ndarray
     return [np.rot90(volume[i, :, :]), np.rot90(volume[:, j, :]), np.rot90(volume[:, :, k])]
 
 
-def _grid_lines(shape: tuple[int, int], spacing: int = 6) -> np.ndarray:
+def _grid_lines(shape: tuple[int, int], spacing: int = 5) -> np.ndarray:
     img = np.zeros(shape, np.float32)
     img[::spacing, :] = 1.0
     img[:, ::spacing] = 1.0
     return img
+
+
+def _warped_grid_slices(forward: np.ndarray, centre: tuple[int, int, int]) -> list[np.ndarray]:
+    """A line grid deformed by the in-plane components of ``forward`` on each mid-slice."""
+    import torch
+    import torch.nn.functional as F
+
+    views = []
+    for axis in range(3):
+        plane = [k for k in range(3) if k != axis]
+        disp = np.take(forward, centre[axis], axis=1 + axis)[plane]  # (2, a, b)
+        a, b = disp.shape[1:]
+        ii, jj = np.meshgrid(np.arange(a), np.arange(b), indexing="ij")
+        gx = 2 * (jj + disp[1]) / max(b - 1, 1) - 1
+        gy = 2 * (ii + disp[0]) / max(a - 1, 1) - 1
+        grid = torch.from_numpy(np.stack([gx, gy], -1)[None].astype(np.float32))
+        lines = torch.from_numpy(_grid_lines((a, b)))[None, None]
+        views.append(np.rot90(F.grid_sample(lines, grid, align_corners=True, padding_mode="border")[0, 0].numpy()))
+    return views
 
 
 def save_qc_png(
@@ -40,30 +59,24 @@ def save_qc_png(
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    import torch
-
-    from dccnn_deploy.ops.warp import warp_gridsample
 
     centre = tuple(n // 2 for n in fixed.shape)
-    lines = np.stack([_grid_lines((fixed.shape[1], fixed.shape[2]))] * fixed.shape[0])
-    lines = np.maximum(lines, np.stack([_grid_lines((fixed.shape[0], fixed.shape[2]))] * fixed.shape[1], axis=1))
-    warped_grid = warp_gridsample(
-        torch.from_numpy(lines)[None, None], torch.from_numpy(forward)[None], padding="border"
-    )[0, 0].numpy()
+    warped_grid = _warped_grid_slices(forward, centre)
     columns = [
         ("fixed", fixed, "gray", (0, 1)),
         ("moved", moved, "gray", (0, 1)),
         ("checkerboard", None, "gray", (0, 1)),
-        ("warped grid", warped_grid, "gray", (0, 1)),
+        ("warped grid", "grid", "gray", (0, 1)),
         ("Jacobian det", jacobian, "RdBu_r", (0, 2)),
     ]
     fig, axes = plt.subplots(3, len(columns), figsize=(3 * len(columns), 9), dpi=80)
     for col, (name, vol, cmap, (lo, hi)) in enumerate(columns):
-        views = (
-            [_checkerboard(f, m) for f, m in zip(_slices(fixed, centre), _slices(moved, centre))]
-            if vol is None
-            else _slices(vol, centre)
-        )
+        if vol is None:
+            views = [_checkerboard(f, m) for f, m in zip(_slices(fixed, centre), _slices(moved, centre))]
+        elif isinstance(vol, str):
+            views = warped_grid
+        else:
+            views = _slices(vol, centre)
         for row, view in enumerate(views):
             ax = axes[row, col]
             im = ax.imshow(view, cmap=cmap, vmin=lo, vmax=hi, interpolation="nearest")
