@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from dccnn_deploy import __version__
-from dccnn_deploy.cli import apply_cmd, batch_cmd, demo_cmd, evaluate_cmd, register_cmd
+from dccnn_deploy.cli import apply_cmd, batch_cmd, demo_cmd, evaluate_cmd, register_cmd, train_cmd
 from dccnn_deploy.cli import params as params_cmd
 
 app = typer.Typer(
@@ -35,8 +35,13 @@ app.command("apply")(apply_cmd.apply)
 app.command("batch")(batch_cmd.batch)
 app.command("evaluate")(evaluate_cmd.evaluate)
 app.command("demo")(demo_cmd.demo)
+app.command("train")(train_cmd.train)
 app.command("params")(params_cmd.params)
 
 
 def main() -> None:
     app()
+
+
+if __name__ == "__main__":
+    main()

