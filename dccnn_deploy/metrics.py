@@ -38,6 +38,14 @@ def dice(a: np.ndarray, b: np.ndarray, labels: Iterable[int] | None = None) -> d
     return out
 
 
+def _bounding_box(mask: np.ndarray, margin: int = 1) -> tuple[slice, ...]:
+    """Slices of the bounding box of ``mask`` grown by ``margin`` voxels (clipped)."""
+    idx = np.argwhere(mask)
+    lo = np.maximum(idx.min(axis=0) - margin, 0)
+    hi = np.minimum(idx.max(axis=0) + margin + 1, mask.shape)
+    return tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))
+
+
 def _surface(mask: np.ndarray) -> np.ndarray:
     return mask & ~ndimage.binary_erosion(mask, structure=ndimage.generate_binary_structure(3, 1))
 
@@ -55,6 +63,8 @@ def hd95(
         if not ma.any() or not mb.any():
             out[lab] = float("nan")
             continue
+        box = _bounding_box(ma | mb)
+        ma, mb = ma[box], mb[box]
         sa, sb = _surface(ma), _surface(mb)
         dist_to_b = ndimage.distance_transform_edt(~sb, sampling=spacing)
         dist_to_a = ndimage.distance_transform_edt(~sa, sampling=spacing)
