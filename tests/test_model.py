@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from dccnn_deploy import DCCNNLSTMReg, ModelConfig
+from dccnn_deploy.cli.params import PAPER_TABLE_V
 from dccnn_deploy.model import homotopy
 
 
@@ -52,7 +53,6 @@ def test_gradients_reach_every_parameter(small_config):
     assert not missing, missing
 
 
-from dccnn_deploy.cli.params import PAPER_TABLE_V
 
 
 def test_parameter_counts_per_step_match_table_v_increment():

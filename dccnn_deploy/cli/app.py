@@ -5,7 +5,8 @@ from __future__ import annotations
 import typer
 
 from dccnn_deploy import __version__
-from dccnn_deploy.cli import apply_cmd, batch_cmd, demo_cmd, evaluate_cmd, register_cmd, train_cmd
+from dccnn_deploy.cli import apply_cmd, batch_cmd, benchmark_cmd, demo_cmd, evaluate_cmd, export_cmd, export_raw_cmd
+from dccnn_deploy.cli import register_cmd, train_cmd
 from dccnn_deploy.cli import params as params_cmd
 
 app = typer.Typer(
@@ -36,6 +37,10 @@ app.command("batch")(batch_cmd.batch)
 app.command("evaluate")(evaluate_cmd.evaluate)
 app.command("demo")(demo_cmd.demo)
 app.command("train")(train_cmd.train)
+app.command("export")(export_cmd.export)
+app.command("build-engine")(export_cmd.build_engine)
+app.command("export-raw")(export_raw_cmd.export_raw)
+app.command("benchmark")(benchmark_cmd.benchmark)
 app.command("params")(params_cmd.params)
 
 

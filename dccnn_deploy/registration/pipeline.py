@@ -23,11 +23,12 @@ import numpy as np
 import torch
 
 from dccnn_deploy import __version__
-from dccnn_deploy.checkpoint import DEFAULT_GRID, DEFAULT_SPACING_MM, ModelBundle, load_model
+from dccnn_deploy.checkpoint import DEFAULT_GRID, DEFAULT_SPACING_MM
 from dccnn_deploy.io import InputError, Volume, check_outputs_free, load_volume
 from dccnn_deploy.preprocess.affine import centre_of_mass, register_affine
 from dccnn_deploy.preprocess.grid import Grid, model_grid, resample_to_grid
 from dccnn_deploy.preprocess.intensity import foreground_mask, normalise_intensity
+from dccnn_deploy.runtime.loading import Network, open_network
 from dccnn_deploy.registration.outputs import LABEL_OUTPUT, OUTPUT_FILES, StagedOutputs, stage_outputs, write_json
 from dccnn_deploy.transform import Registration
 
@@ -64,24 +65,18 @@ class Stages:
         return result
 
 
-def _grid_for(fixed: Volume, shape, spacing_mm: float) -> Grid:
+def model_grid_for(fixed: Volume, shape, spacing_mm: float) -> Grid:
     """The model grid, RAS, centred on the fixed image's foreground centre of mass."""
     norm = normalise_intensity(fixed.data)
     centre = centre_of_mass(norm * foreground_mask(norm), fixed.affine)
     return model_grid(tuple(shape), spacing_mm, centre)
 
 
-def _network_fields(bundle: ModelBundle | None, opts: RegisterOptions, moving_g, fixed_g):
-    if bundle is None:
+def _network_fields(network: Network | None, moving_g, fixed_g):
+    if network is None:
         return None, None
-    from dccnn_deploy.runtime.backends import TorchBackend, make_backend
-
-    if opts.backend == "torch":
-        backend = TorchBackend(bundle.model, opts.device)
-    else:
-        backend = make_backend(opts.backend, bundle.path, device=opts.device)
-    fwd, inv = backend.run(moving_g, fixed_g)
-    return torch.from_numpy(fwd)[None], torch.from_numpy(inv)[None]
+    fwd, inv = network.backend.run(moving_g, fixed_g)
+    return torch.from_numpy(np.ascontiguousarray(fwd))[None], torch.from_numpy(np.ascontiguousarray(inv))[None]
 
 
 def _refine(opts: RegisterOptions, moving_g, fixed_g, fwd, inv):
@@ -122,9 +117,9 @@ def register_files(
         for lab, img in ((labels[0], moving), (labels[1], fixed)):
             if lab.shape != img.shape:
                 raise InputError.at(lab.path, f"label map shape {lab.shape} differs from its image {img.shape}")
-    bundle = stages.run("load_model", load_model, opts.model) if opts.model else None
-    shape = bundle.grid_shape if bundle else tuple(opts.grid_shape)
-    spacing = bundle.spacing_mm if bundle else opts.spacing_mm
+    network = stages.run("load_model", open_network, opts.model, opts.backend, opts.device) if opts.model else None
+    shape = network.grid_shape if network else tuple(opts.grid_shape)
+    spacing = network.spacing_mm if network else opts.spacing_mm
 
     say("affine pre-alignment")
     if opts.affine:
@@ -138,12 +133,12 @@ def register_files(
         matrix, affine_info = np.eye(4), {"skipped": True}
 
     say("resampling to the model grid")
-    grid = _grid_for(fixed, shape, spacing)
+    grid = model_grid_for(fixed, shape, spacing)
     fixed_g = stages.run("resample", resample_to_grid, normalise_intensity(fixed.data), fixed.affine, grid)
     moving_g = resample_to_grid(normalise_intensity(moving.data), moving.affine, grid, world_transform=matrix)
 
-    say("network" if bundle else "no network: refinement from the identity")
-    fwd, inv = stages.run("network", _network_fields, bundle, opts, moving_g, fixed_g)
+    say(f"network ({network.backend.name})" if network else "no network: refinement from the identity")
+    fwd, inv = stages.run("network", _network_fields, network, moving_g, fixed_g)
     if opts.refine > 0:
         say(f"refining ({opts.refine} iterations)")
         fwd, inv = stages.run("refine", _refine, opts, moving_g, fixed_g, fwd, inv)
@@ -155,8 +150,8 @@ def register_files(
         "torch": torch.__version__,
         "moving": str(moving_path),
         "fixed": str(fixed_path),
-        "model": {"path": bundle.path, "sha256": bundle.sha256} if bundle else None,
-        "backend": opts.backend if bundle else None,
+        "model": {"path": network.path, "sha256": network.sha256} if network else None,
+        "backend": network.backend.name if network else None,
         "device": opts.device,
         "refine_iterations": opts.refine,
         "grid": {"shape": list(shape), "spacing_mm": spacing},

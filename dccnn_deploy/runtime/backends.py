@@ -59,7 +59,7 @@ def import_tensorrt(flavor: str) -> Any:
         raise ValueError(f"flavor must be one of {sorted(TENSORRT_MODULES)}, got {flavor!r}")
     try:
         return importlib.import_module(TENSORRT_MODULES[flavor])
-    except ImportError as err:
+    except (ImportError, OSError) as err:  # OSError: module present, shared libraries missing
         raise BackendUnavailable(
             f"{TENSORRT_MODULES[flavor]} is not importable ({err}); {TENSORRT_INSTALL_HINT[flavor]}"
         ) from None
@@ -125,13 +125,16 @@ class OnnxRuntimeBackend:
 
 
 class TensorRTBackend:
-    """A serialized TensorRT / TensorRT-RTX engine (needs an NVIDIA GPU and torch with CUDA).
+    """A serialized TensorRT / TensorRT-RTX engine on a CUDA GPU (buffers via torch.cuda).
 
     The flavour comes from the engine's sidecar ``<engine>.json`` (written by
     :func:`dccnn_deploy.export.tensorrt_build.build_engine`), ``rtx`` when it is absent.
+    ``device``: ``"cuda"`` or ``"cuda:N"``.
     """
 
-    def __init__(self, engine_path: str | Path, flavor: str | None = None):
+    def __init__(self, engine_path: str | Path, device: str = "cuda", flavor: str | None = None):
+        if not str(device).startswith("cuda"):
+            raise BackendUnavailable(f"TensorRT engines run on a CUDA GPU only (device={device!r}); use cuda")
         engine_path = Path(engine_path)
         sidecar = engine_path.with_name(engine_path.name + ".json")
         self.info: dict[str, Any] = json.loads(sidecar.read_text()) if sidecar.exists() else {}
@@ -142,30 +145,31 @@ class TensorRTBackend:
         if not torch.cuda.is_available():
             raise BackendUnavailable("TensorRTBackend needs a CUDA GPU (torch.cuda is not available)")
         self._torch = torch
+        self.device = torch.device(device)
         self._logger = trt.Logger(trt.Logger.WARNING)
         self._runtime = trt.Runtime(self._logger)
-        self.engine = self._runtime.deserialize_cuda_engine(engine_path.read_bytes())
-        if self.engine is None:
-            raise RuntimeError(f"{engine_path}: TensorRT could not deserialize the engine (wrong GPU/version?)")
-        self.context = self.engine.create_execution_context()
+        with torch.cuda.device(self.device):
+            self.engine = self._runtime.deserialize_cuda_engine(engine_path.read_bytes())
+            if self.engine is None:
+                raise RuntimeError(f"{engine_path}: TensorRT could not deserialize it (GPU/version?)")
+            self.context = self.engine.create_execution_context()
         self.name = f"tensorrt-{flavor}"
 
     def run(self, moving: np.ndarray, fixed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         torch = self._torch
-        inputs = dict(zip(INPUT_NAMES, _check_pair(moving, fixed)))
-        buffers: dict[str, Any] = {}
-        for name, array in inputs.items():
-            buffers[name] = torch.from_numpy(array).cuda()
-        for name in OUTPUT_NAMES:
-            shape = tuple(self.context.get_tensor_shape(name))
-            buffers[name] = torch.empty(shape, dtype=torch.float32, device="cuda")
-        for name, tensor in buffers.items():
-            self.context.set_tensor_address(name, tensor.data_ptr())
-        stream = torch.cuda.current_stream()
-        if not self.context.execute_async_v3(stream.cuda_stream):
-            raise RuntimeError("TensorRT execution failed")
-        stream.synchronize()
-        return tuple(buffers[name][0].cpu().numpy() for name in OUTPUT_NAMES)
+        with torch.cuda.device(self.device):
+            arrays = zip(INPUT_NAMES, _check_pair(moving, fixed))
+            buffers = {name: torch.from_numpy(a).to(self.device) for name, a in arrays}
+            for name in OUTPUT_NAMES:
+                shape = tuple(self.context.get_tensor_shape(name))
+                buffers[name] = torch.empty(shape, dtype=torch.float32, device=self.device)
+            for name, tensor in buffers.items():
+                self.context.set_tensor_address(name, tensor.data_ptr())
+            stream = torch.cuda.current_stream(self.device)
+            if not self.context.execute_async_v3(stream.cuda_stream):
+                raise RuntimeError("TensorRT execution failed")
+            stream.synchronize()
+            return tuple(buffers[name][0].cpu().numpy() for name in OUTPUT_NAMES)
 
 
 #: The one table of backends: name -> constructor.

@@ -1,0 +1,99 @@
+"""``dccnn export`` (checkpoint -> verified static ONNX) and ``dccnn build-engine`` (ONNX -> TensorRT)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import typer
+from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from dccnn_deploy.checkpoint import load_model
+from dccnn_deploy.cli.common import console, fail, user_errors
+
+
+def _sample_pair(grid: tuple[int, int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """The bundled real brains on the export grid (verification inputs)."""
+    from dccnn_deploy.cli.demo_cmd import SAMPLE_FIXED, SAMPLE_MOVING
+    from dccnn_deploy.io import load_volume
+    from dccnn_deploy.preprocess.affine import register_affine
+    from dccnn_deploy.preprocess.grid import Grid, model_grid, resample_to_grid
+    from dccnn_deploy.preprocess.intensity import normalise_intensity
+
+    moving, fixed = load_volume(SAMPLE_MOVING), load_volume(SAMPLE_FIXED)
+    matrix = register_affine(moving.data, moving.affine, fixed.data, fixed.affine).matrix
+    grid = model_grid(grid, 2.0, Grid(fixed.shape, fixed.affine).centre_world())
+    return (
+        resample_to_grid(normalise_intensity(moving.data), moving.affine, grid, world_transform=matrix),
+        resample_to_grid(normalise_intensity(fixed.data), fixed.affine, grid),
+    )
+
+
+def export(
+    checkpoint: Path = typer.Argument(..., help="Trained checkpoint (.pt)."),
+    out: Path = typer.Option(..., "-o", "--out", help="Output .onnx file."),
+    sampler: str = typer.Option("gather", help="gather (opset 17, TensorRT-safe) | gridsample (opset 20, opt-in)."),
+    fp16: bool = typer.Option(False, "--fp16", help="fp16 weights/activations; coordinates stay fp32."),
+    verify: bool = typer.Option(True, "--verify/--no-verify", help="Compare ONNX Runtime with PyTorch on a real pair."),
+    tolerance: float = typer.Option(0.01, help="Largest |displacement difference| (voxels) accepted for fp32."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing file."),
+) -> None:
+    """Unroll the cascade into one static ONNX graph, audit its ops for TensorRT, verify it."""
+    from dccnn_deploy.export import export_onnx
+    from dccnn_deploy.export.verify import verify_onnx
+
+    with user_errors():
+        if out.exists() and not overwrite:
+            fail(f"{out}: already exists (use --overwrite)")
+        bundle = load_model(checkpoint)
+        meta = {"spacing": str(bundle.spacing_mm), "normalisation": str(bundle.metadata.get("normalisation")),
+                "source_checkpoint_sha256": bundle.sha256}
+        columns = (SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn())
+        with Progress(*columns, console=console) as progress:
+            task = progress.add_task(f"exporting {bundle.grid_shape} ({sampler}{', fp16' if fp16 else ''})")
+            report = export_onnx(bundle.model, bundle.grid_shape, out, sampler=sampler, fp16=fp16, metadata=meta)
+            progress.update(task, description="exported, ops audited for TensorRT", completed=1, total=1)
+            parity = None
+            if verify:
+                vtask = progress.add_task("verifying with ONNX Runtime on the bundled real pair")
+                bundle.model.sampler = sampler
+                parity = verify_onnx(out, bundle.model, *_sample_pair(bundle.grid_shape))
+                progress.update(vtask, completed=1, total=1)
+    table = Table(title="export")
+    for col in ("file", "size (MB)", "ops", "nodes", "opset", "max |Δ| vs torch (vox)"):
+        table.add_column(col, justify="right")
+    table.add_row(str(out), f"{report.size_bytes / 1e6:.2f}", str(len(report.op_histogram)),
+                  str(sum(report.op_histogram.values())), str(report.opset),
+                  f"{parity.max_abs:.2e}" if parity else "not verified")
+    console.print(table)
+    if parity is not None and not fp16 and parity.max_abs > tolerance:
+        fail(f"{out}: ONNX Runtime differs from PyTorch by {parity.max_abs:.3g} voxel (> {tolerance})", code=1)
+
+
+def build_engine(
+    onnx_path: Path = typer.Argument(..., help="Exported .onnx."),
+    out: Path = typer.Option(..., "-o", "--out", help="Output .engine (a .engine.json sidecar is written too)."),
+    flavor: str = typer.Option("tensorrt", help="tensorrt (this GPU) | rtx (TensorRT for RTX, ahead of time)."),
+    target: str = typer.Option("SM89", help="rtx: compute capabilities, comma-separated (SM75...SM121)."),
+    fp16: bool = typer.Option(False, "--fp16", help="TensorRT fp16 flag (rtx: export with --fp16 instead)."),
+    workspace: float = typer.Option(4.0, help="Builder workspace (GB)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing engine."),
+) -> None:
+    """Build a TensorRT engine from an exported ONNX model."""
+    from dccnn_deploy.export.tensorrt_build import build_engine as build
+
+    with user_errors():
+        if out.exists() and not overwrite:
+            fail(f"{out}: already exists (use --overwrite)")
+        if not onnx_path.is_file():
+            fail(f"{onnx_path}: not found")
+        with console.status(f"building a {flavor} engine from {onnx_path.name}"):
+            report = build(onnx_path, out, flavor=flavor, fp16=fp16, workspace_gb=workspace,
+                           compute_capabilities=tuple(t.strip() for t in target.split(",")))
+    table = Table(title="engine")
+    for col in ("file", "size (MB)", "TensorRT", "targets", "build (s)"):
+        table.add_column(col)
+    table.add_row(str(out), f"{report.size_bytes / 1e6:.1f}", f"{report.info['tensorrt_module']} {report.info['tensorrt_version']}",
+                  ",".join(report.info["targets"]), f"{report.seconds:.1f}")
+    console.print(table)

