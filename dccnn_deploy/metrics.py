@@ -29,21 +29,47 @@ def _labels_of(a: np.ndarray, b: np.ndarray, labels: Iterable[int] | None) -> li
 
 
 def dice(a: np.ndarray, b: np.ndarray, labels: Iterable[int] | None = None) -> dict[int, float]:
-    """Dice per label (background 0 excluded unless listed); NaN where both lack a label."""
+    """Dice per label (background 0 excluded unless listed); NaN where both lack a label.
+
+    One pass over the volumes: label counts and overlaps by ``bincount``.
+    """
+    a, b = _compact_labels(np.asarray(a), np.asarray(b))
+    wanted = _labels_of(a.values, b.values, labels)
+    size = len(a.lut)
+    count_a = np.bincount(a.index.ravel(), minlength=size)
+    count_b = np.bincount(b.index.ravel(), minlength=size)
+    same = a.values_equal(b)
+    overlap = np.bincount(a.index[same].ravel(), minlength=size)
     out = {}
-    for lab in _labels_of(a, b, labels):
-        ma, mb = a == lab, b == lab
-        denom = ma.sum() + mb.sum()
-        out[lab] = float(2.0 * np.logical_and(ma, mb).sum() / denom) if denom else float("nan")
+    for lab in wanted:
+        k = a.position(lab)
+        denom = (count_a[k] + count_b[k]) if k is not None else 0
+        out[lab] = float(2.0 * overlap[k] / denom) if denom else float("nan")
     return out
 
 
-def _bounding_box(mask: np.ndarray, margin: int = 1) -> tuple[slice, ...]:
-    """Slices of the bounding box of ``mask`` grown by ``margin`` voxels (clipped)."""
-    idx = np.argwhere(mask)
-    lo = np.maximum(idx.min(axis=0) - margin, 0)
-    hi = np.minimum(idx.max(axis=0) + margin + 1, mask.shape)
-    return tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))
+class _Compact:
+    """Label map as indices into a shared sorted table of label values (``lut``)."""
+
+    def __init__(self, index: np.ndarray, lut: np.ndarray, values: np.ndarray):
+        self.index, self.lut, self.values = index, lut, values
+
+    def position(self, label: int) -> int | None:
+        k = int(np.searchsorted(self.lut, label))
+        return k if k < len(self.lut) and self.lut[k] == label else None
+
+    def values_equal(self, other: "_Compact") -> np.ndarray:
+        return self.index == other.index
+
+
+def _compact_labels(a: np.ndarray, b: np.ndarray) -> tuple[_Compact, _Compact]:
+    """Both maps re-indexed into one table of their label values (fast bincounts, find_objects)."""
+    ua, ub = np.unique(a), np.unique(b)
+    lut = np.union1d(ua, ub)
+    return (
+        _Compact(np.searchsorted(lut, a).astype(np.int64), lut, ua),
+        _Compact(np.searchsorted(lut, b).astype(np.int64), lut, ub),
+    )
 
 
 def _surface(mask: np.ndarray) -> np.ndarray:
@@ -55,16 +81,25 @@ def hd95(
 ) -> dict[int, float]:
     """95th-percentile symmetric Hausdorff distance (mm) between label surfaces, per label.
 
-    NaN where a label is missing from either map.
+    NaN where a label is missing from either map. Each label is measured inside the bounding
+    box of both its masks (``find_objects``), so many small labels stay cheap.
     """
+    ca, cb = _compact_labels(np.asarray(a), np.asarray(b))
+    boxes_a = ndimage.find_objects(ca.index + 1)
+    boxes_b = ndimage.find_objects(cb.index + 1)
     out = {}
-    for lab in _labels_of(a, b, labels):
-        ma, mb = a == lab, b == lab
-        if not ma.any() or not mb.any():
+    for lab in _labels_of(ca.values, cb.values, labels):
+        k = ca.position(lab)
+        box_a = boxes_a[k] if k is not None and k < len(boxes_a) else None
+        box_b = boxes_b[k] if k is not None and k < len(boxes_b) else None
+        if box_a is None or box_b is None:
             out[lab] = float("nan")
             continue
-        box = _bounding_box(ma | mb)
-        ma, mb = ma[box], mb[box]
+        box = tuple(
+            slice(max(min(sa.start, sb.start) - 1, 0), min(max(sa.stop, sb.stop) + 1, n))
+            for sa, sb, n in zip(box_a, box_b, ca.index.shape)
+        )
+        ma, mb = ca.index[box] == k, cb.index[box] == k
         sa, sb = _surface(ma), _surface(mb)
         dist_to_b = ndimage.distance_transform_edt(~sb, sampling=spacing)
         dist_to_a = ndimage.distance_transform_edt(~sa, sampling=spacing)
