@@ -204,6 +204,8 @@ def test_batch_reports_failures_resumes_and_shards(study, tmp_path):
     assert [r["status"] for r in rows] == ["ok", "failed"]
     assert "bad.nii.gz" in rows[1]["error"]
     assert float(rows[0]["dice_final"]) > 0.7
+    page = (out / "report.html").read_text()
+    assert "bad.nii.gz" in page and rows[0]["pair"] in page
     res = runner.invoke(app, args + ["--shard", "1/2"])
     assert res.exit_code == 0, res.output
     rows = list(csv.DictReader((out / "summary.csv").open()))

@@ -6,7 +6,7 @@ import typer
 
 from dccnn_deploy import __version__
 from dccnn_deploy.cli import apply_cmd, batch_cmd, benchmark_cmd, demo_cmd, evaluate_cmd, export_cmd, export_raw_cmd
-from dccnn_deploy.cli import register_cmd, train_cmd
+from dccnn_deploy.cli import register_cmd, report_cmd, train_cmd
 from dccnn_deploy.cli import params as params_cmd
 
 app = typer.Typer(
@@ -35,6 +35,7 @@ app.command("register")(register_cmd.register)
 app.command("apply")(apply_cmd.apply)
 app.command("batch")(batch_cmd.batch)
 app.command("evaluate")(evaluate_cmd.evaluate)
+app.command("report")(report_cmd.report)
 app.command("demo")(demo_cmd.demo)
 app.command("train")(train_cmd.train)
 app.command("export")(export_cmd.export)

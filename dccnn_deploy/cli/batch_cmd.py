@@ -15,6 +15,7 @@ from dccnn_deploy.cli.common import USER_ERRORS, console, fail, user_errors
 from dccnn_deploy.cli.register_cmd import options_from_cli
 from dccnn_deploy.io import atomic_write
 from dccnn_deploy.registration import register_files
+from dccnn_deploy.registration.report_html import build_report
 from dccnn_deploy.registration.batch import Pair, pairs_from_csv, pairs_from_folder, parse_shard, shard
 
 SUMMARY_COLUMNS = ["pair", "status", "ncc_affine", "ncc_final", "folding_percent", "inverse_consistency",
@@ -86,12 +87,14 @@ def batch(
                     rows.append(_row(pair, None, error=f"{type(exc).__name__}: {' '.join(str(exc).split())}", status="failed"))
             progress.advance(task)
     _write_summary(out / "summary.csv", rows)
+    report_page = build_report(out, rows)
     table = Table(title=f"batch summary ({out / 'summary.csv'})")
     for col in SUMMARY_COLUMNS:
         table.add_column(col, overflow="fold")
     for row in rows:
         table.add_row(*(row[c] for c in SUMMARY_COLUMNS), style="red" if row["status"] == "failed" else None)
     console.print(table)
+    console.print(f"study report: [bold]{report_page}[/]")
     failed = sum(r["status"] == "failed" for r in rows)
     if failed:
         fail(f"{failed} of {len(rows)} pairs failed (see {out / 'summary.csv'})", code=1)
