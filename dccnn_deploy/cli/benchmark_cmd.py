@@ -63,7 +63,8 @@ def benchmark(
 
             atomic_write(csv_out, write, overwrite=True)
     table = Table(title=f"benchmark: {checkpoint.name}, grid {bundle.grid_shape}, {repeats} runs")
-    for col in ("backend", "precision", "median (s)", "peak RSS (MB)", "max |Δ| vs torch (vox)", "note"):
+    table.add_column("backend", no_wrap=True)
+    for col in ("precision", "median (s)", "peak RSS (MB)", "max |Δ| vs torch (vox)", "note"):
         table.add_column(col, justify="right")
     for r in rows:
         table.add_row(r.backend, r.precision, "-" if math.isnan(r.median_seconds) else f"{r.median_seconds:.2f}",

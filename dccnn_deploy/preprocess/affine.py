@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from dccnn_deploy.metrics import ncc
+from dccnn_deploy.io.image import voxel_spacing
 from dccnn_deploy.ops.smoothing import gaussian_smooth
 from dccnn_deploy.ops.warp import identity_grid
 from dccnn_deploy.preprocess.grid import (
@@ -38,7 +39,6 @@ from dccnn_deploy.preprocess.grid import (
     bounding_grid,
     sample_affine,
     sample_points,
-    voxel_sizes,
     voxel_transform,
 )
 from dccnn_deploy.preprocess.intensity import foreground_mask, normalise_intensity
@@ -112,7 +112,7 @@ def _level_volume(volume: _Volume, spacing_mm: float) -> _Volume:
     then Gaussian-smooths the small volume to a total blur of about ``spacing_mm / 2`` (sigma).
     Smoothing before pooling would be cleaner but costs seconds on 256^3 volumes.
     """
-    sizes = voxel_sizes(volume.affine)
+    sizes = voxel_spacing(volume.affine)
     factors = [int(2 ** max(0, math.floor(math.log2(spacing_mm / s + 1e-6)))) for s in sizes]
     data, affine = volume.data, volume.affine
     if max(factors) > 1:
@@ -120,7 +120,7 @@ def _level_volume(volume: _Volume, spacing_mm: float) -> _Volume:
         scale = np.diag([*factors, 1.0]).astype(np.float64)
         scale[:3, 3] = (np.asarray(factors) - 1.0) / 2.0
         affine = affine @ scale
-    pooled = float(np.mean(voxel_sizes(affine)))
+    pooled = float(np.mean(voxel_spacing(affine)))
     sigma_mm = math.sqrt(max(0.0, (spacing_mm / 2.0) ** 2 - pooled**2 / 12.0))
     if sigma_mm / pooled >= 0.3:
         data = gaussian_smooth(data, sigma_mm / pooled)

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from dccnn_deploy.io.image import voxel_spacing
 from dccnn_deploy.ops.warp import identity_grid, warp_gridsample
 
 _CHUNK_VOXELS = 1 << 21  # output voxels sampled per grid_sample call (bounds the memory)
@@ -48,7 +49,7 @@ class Grid:
     @property
     def spacing(self) -> np.ndarray:
         """Voxel sizes in mm along the three array axes, ``(3,)``."""
-        return voxel_sizes(self.affine)
+        return voxel_spacing(self.affine)
 
     def corners_world(self) -> np.ndarray:
         """World positions of the 8 corner voxel centres, ``(8, 3)``."""
@@ -59,11 +60,6 @@ class Grid:
     def centre_world(self) -> np.ndarray:
         """World position of the grid centre, ``(3,)``."""
         return apply_affine(self.affine, (np.asarray(self.shape, dtype=np.float64) - 1.0) / 2.0)
-
-
-def voxel_sizes(affine: np.ndarray) -> np.ndarray:
-    """Voxel sizes (mm) of a 4x4 voxel -> world affine: the norms of its columns, ``(3,)``."""
-    return np.linalg.norm(np.asarray(affine, dtype=np.float64)[:3, :3], axis=0)
 
 
 def apply_affine(matrix: np.ndarray, points: np.ndarray) -> np.ndarray:

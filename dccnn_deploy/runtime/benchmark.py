@@ -41,8 +41,18 @@ def _child(model: str, backend: str, device: str, inputs: str, outputs: str, rep
         fwd, inv = net.backend.run(data["moving"], data["fixed"])
         times.append(time.perf_counter() - start)
     np.savez(outputs, forward=fwd, inverse=inv)
-    return {"median_seconds": float(np.median(times)),
-            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    return {"median_seconds": float(np.median(times)), "peak_rss_mb": _peak_rss_mb()}
+
+
+def _peak_rss_mb() -> float:
+    """This process's own peak RSS: VmHWM (ru_maxrss would include the parent's peak before exec)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return float(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def run_backend(model: Path, backend: str, device: str, moving: np.ndarray, fixed: np.ndarray,
