@@ -49,8 +49,8 @@ def warp(volume: torch.Tensor, displacement: torch.Tensor, padding: Padding = "z
     base = base.to(torch.int64)
 
     n_in = size_in[0] * size_in[1] * size_in[2]
-    # (C, B*N): gather along one axis with 1-D indices (ONNX Gather, no expand over channels)
-    flat = volume.reshape(b, c, n_in).transpose(0, 1).reshape(c, b * n_in)
+    # (B*N, C) rows: one Gather of whole voxels per corner with 1-D indices (no expand over C)
+    flat = volume.reshape(b, c, n_in).transpose(1, 2).reshape(b * n_in, c)
     batch_offset = (torch.arange(b, device=volume.device, dtype=torch.int64) * n_in).view(b, 1)
 
     out = None
@@ -71,10 +71,9 @@ def warp(volume: torch.Tensor, displacement: torch.Tensor, padding: Padding = "z
             weight = weight * inside.to(weight.dtype)
         lin = (idx[0] * size_in[1] + idx[1]) * size_in[2] + idx[2]  # (B, *S_out)
         lin = (lin.reshape(b, -1) + batch_offset).reshape(-1)
-        vals = flat.index_select(1, lin).reshape(c, b, *size_out).transpose(0, 1)
-        term = vals * weight.unsqueeze(1).to(vals.dtype)
+        term = flat.index_select(0, lin) * weight.reshape(-1, 1).to(flat.dtype)
         out = term if out is None else out + term
-    return out
+    return out.reshape(b, *size_out, c).permute(0, 4, 1, 2, 3)
 
 
 def _normalised_grid(displacement: torch.Tensor, size_in) -> torch.Tensor:
