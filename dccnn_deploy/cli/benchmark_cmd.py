@@ -34,7 +34,7 @@ def benchmark(
     csv_out: Optional[Path] = typer.Option(None, "--csv", help="Write the table as CSV."),
 ) -> None:
     """Latency (median), peak RSS and max |Δ| vs torch of torch / ONNX Runtime (CPU, CUDA) / TensorRT."""
-    from dccnn_deploy.cli.export_cmd import _sample_pair
+    from dccnn_deploy.cli.export_cmd import bundled_pair_on_grid
     from dccnn_deploy.export import export_onnx
     from dccnn_deploy.runtime.benchmark import benchmark as run_all
 
@@ -53,7 +53,7 @@ def benchmark(
                 runs.append((onnx32, "onnxruntime", "cuda", "fp32"))
             if engine is not None:
                 runs.append((engine, "tensorrt", "cuda", "engine"))
-            rows = run_all(runs, *_sample_pair(bundle.grid_shape), repeats)
+            rows = run_all(runs, *bundled_pair_on_grid(bundle.grid_shape, bundle.spacing_mm), repeats)
         if csv_out is not None:
             def write(tmp_path: Path) -> None:
                 with open(tmp_path, "w", newline="") as f:

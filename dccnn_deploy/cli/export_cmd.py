@@ -13,21 +13,17 @@ from dccnn_deploy.checkpoint import load_model
 from dccnn_deploy.cli.common import console, fail, user_errors
 
 
-def _sample_pair(grid: tuple[int, int, int]) -> tuple[np.ndarray, np.ndarray]:
-    """The bundled real brains on the export grid (verification inputs)."""
+def bundled_pair_on_grid(grid: tuple[int, int, int], spacing_mm: float) -> tuple[np.ndarray, np.ndarray]:
+    """The bundled real brains prepared as `dccnn register` prepares them (verification inputs)."""
     from dccnn_deploy.cli.demo_cmd import SAMPLE_FIXED, SAMPLE_MOVING
     from dccnn_deploy.io import load_volume
     from dccnn_deploy.preprocess.affine import register_affine
-    from dccnn_deploy.preprocess.grid import Grid, model_grid, resample_to_grid
-    from dccnn_deploy.preprocess.intensity import normalise_intensity
+    from dccnn_deploy.registration.pipeline import prepare_pair
 
     moving, fixed = load_volume(SAMPLE_MOVING), load_volume(SAMPLE_FIXED)
     matrix = register_affine(moving.data, moving.affine, fixed.data, fixed.affine).matrix
-    grid = model_grid(grid, 2.0, Grid(fixed.shape, fixed.affine).centre_world())
-    return (
-        resample_to_grid(normalise_intensity(moving.data), moving.affine, grid, world_transform=matrix),
-        resample_to_grid(normalise_intensity(fixed.data), fixed.affine, grid),
-    )
+    prepared = prepare_pair(moving, fixed, matrix, grid, spacing_mm)
+    return prepared.moving_g, prepared.fixed_g
 
 
 def export(
@@ -58,7 +54,7 @@ def export(
             if verify:
                 vtask = progress.add_task("verifying with ONNX Runtime on the bundled real pair")
                 bundle.model.sampler = sampler
-                parity = verify_onnx(out, bundle.model, *_sample_pair(bundle.grid_shape))
+                parity = verify_onnx(out, bundle.model, *bundled_pair_on_grid(bundle.grid_shape, bundle.spacing_mm))
                 progress.update(vtask, completed=1, total=1)
     table = Table(title="export")
     for col in ("file", "size (MB)", "ops", "nodes", "opset", "max |Δ| vs torch (vox)"):

@@ -10,9 +10,7 @@ import typer
 from dccnn_deploy.cli.common import console, fail, user_errors
 from dccnn_deploy.io import load_volume
 from dccnn_deploy.preprocess.affine import register_affine
-from dccnn_deploy.preprocess.grid import resample_to_grid
-from dccnn_deploy.preprocess.intensity import normalise_intensity
-from dccnn_deploy.registration.pipeline import model_grid_for
+from dccnn_deploy.registration.pipeline import prepare_pair
 from dccnn_deploy.runtime.loading import open_network
 
 
@@ -27,16 +25,14 @@ def export_raw(
         net = open_network(model, "onnxruntime")
         mov, fix = load_volume(moving), load_volume(fixed)
         matrix = register_affine(mov.data, mov.affine, fix.data, fix.affine).matrix
-
-
-        grid = model_grid_for(fix, net.grid_shape, net.spacing_mm)
+        prepared = prepare_pair(mov, fix, matrix, net.grid_shape, net.spacing_mm)
         out.mkdir(parents=True, exist_ok=True)
         if (out / "grid.json").exists():
             fail(f"{out / 'grid.json'}: already exists")
-        resample_to_grid(normalise_intensity(mov.data), mov.affine, grid, world_transform=matrix).tofile(out / "moving.raw")
-        resample_to_grid(normalise_intensity(fix.data), fix.affine, grid).tofile(out / "fixed.raw")
+        prepared.moving_g.tofile(out / "moving.raw")
+        prepared.fixed_g.tofile(out / "fixed.raw")
         (out / "grid.json").write_text(json.dumps({
-            "shape_dhw": list(grid.shape), "grid_affine_ras": grid.affine.tolist(),
+            "shape_dhw": list(prepared.grid.shape), "grid_affine_ras": prepared.grid.affine.tolist(),
             "affine_fixed_to_moving_ras": matrix.tolist(), "dtype": "float32", "order": "C (D, H, W)",
         }, indent=2))
     console.print(f"wrote {out}/moving.raw, fixed.raw, grid.json")

@@ -11,6 +11,7 @@ label maps are given.
 from __future__ import annotations
 
 import json
+from typing import TYPE_CHECKING
 import os
 import shutil
 import tempfile
@@ -23,10 +24,12 @@ from dccnn_deploy.io import OutputExistsError, Volume, check_outputs_free, save_
 from dccnn_deploy.losses import local_ncc
 from dccnn_deploy.metrics import dice, folding_percent, hd95, inverse_consistency, mean_of, ncc, ssim
 from dccnn_deploy.ops.warp import warp_gridsample
-from dccnn_deploy.preprocess.grid import Grid, resample_to_grid
-from dccnn_deploy.preprocess.intensity import normalise_intensity
+from dccnn_deploy.preprocess.grid import Grid
 from dccnn_deploy.registration.qc import save_qc_png
 from dccnn_deploy.transform import Registration, map_jacobian, sample_at, world_displacement
+
+if TYPE_CHECKING:  # the pipeline imports this module
+    from dccnn_deploy.registration.pipeline import PreparedPair
 
 OUTPUT_FILES = (
     "moved.nii.gz",
@@ -102,8 +105,7 @@ def stage_outputs(
     registration: Registration,
     moving: Volume,
     fixed: Volume,
-    moving_g: np.ndarray,
-    fixed_g: np.ndarray,
+    prepared: "PreparedPair",
     labels: tuple[Volume, Volume] | None,
     report: dict,
     qc: bool = True,
@@ -131,12 +133,12 @@ def stage_outputs(
     save_itk_affine(staged.path("affine.mat"), registration.affine)
     save_itk_affine(staged.path("affine.txt"), registration.affine)
 
+    moving_g, fixed_g = prepared.moving_g, prepared.fixed_g
     moved_g = moving_g
     if registration.forward is not None:
         moved_g = warp_gridsample(torch.from_numpy(moving_g)[None, None], registration.forward)[0, 0].numpy()
-    unaligned = resample_to_grid(normalise_intensity(moving.data), moving.affine, registration.grid)
     report["similarity"] = {
-        "before": _image_metrics(unaligned, fixed_g),
+        "before": _image_metrics(prepared.unaligned_g, fixed_g),
         "after_affine": _image_metrics(moving_g, fixed_g),
         "after": _image_metrics(moved_g, fixed_g),
     }

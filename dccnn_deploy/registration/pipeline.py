@@ -65,11 +65,33 @@ class Stages:
         return result
 
 
-def model_grid_for(fixed: Volume, shape, spacing_mm: float) -> Grid:
-    """The model grid, RAS, centred on the fixed image's foreground centre of mass."""
-    norm = normalise_intensity(fixed.data)
-    centre = centre_of_mass(norm * foreground_mask(norm), fixed.affine)
-    return model_grid(tuple(shape), spacing_mm, centre)
+@dataclass
+class PreparedPair:
+    """Both images on the model grid, normalised: what the network sees.
+
+    ``moving_g`` went through the affine ``matrix`` (fixed world -> moving world); ``unaligned_g``
+    is the moving image through the headers only (the "before" similarity).
+    """
+
+    grid: Grid
+    matrix: np.ndarray
+    moving_g: np.ndarray
+    fixed_g: np.ndarray
+    unaligned_g: np.ndarray
+
+
+def prepare_pair(moving: Volume, fixed: Volume, matrix: np.ndarray, shape, spacing_mm: float) -> PreparedPair:
+    """Normalise each image once, place the RAS model grid on the fixed image's foreground centre
+    of mass and resample both onto it (the moving image through ``matrix``)."""
+    fixed_n, moving_n = normalise_intensity(fixed.data), normalise_intensity(moving.data)
+    grid = model_grid(tuple(shape), spacing_mm, centre_of_mass(fixed_n * foreground_mask(fixed_n), fixed.affine))
+    return PreparedPair(
+        grid=grid,
+        matrix=matrix,
+        moving_g=resample_to_grid(moving_n, moving.affine, grid, world_transform=matrix),
+        fixed_g=resample_to_grid(fixed_n, fixed.affine, grid),
+        unaligned_g=resample_to_grid(moving_n, moving.affine, grid),
+    )
 
 
 def _network_fields(network: Network | None, moving_g, fixed_g):
@@ -133,9 +155,8 @@ def register_files(
         matrix, affine_info = np.eye(4), {"skipped": True}
 
     say("resampling to the model grid")
-    grid = model_grid_for(fixed, shape, spacing)
-    fixed_g = stages.run("resample", resample_to_grid, normalise_intensity(fixed.data), fixed.affine, grid)
-    moving_g = resample_to_grid(normalise_intensity(moving.data), moving.affine, grid, world_transform=matrix)
+    prepared = stages.run("resample", prepare_pair, moving, fixed, matrix, shape, spacing)
+    moving_g, fixed_g = prepared.moving_g, prepared.fixed_g
 
     say(f"network ({network.backend.name})" if network else "no network: refinement from the identity")
     fwd, inv = stages.run("network", _network_fields, network, moving_g, fixed_g)
@@ -143,7 +164,7 @@ def register_files(
         say(f"refining ({opts.refine} iterations)")
         fwd, inv = stages.run("refine", _refine, opts, moving_g, fixed_g, fwd, inv)
 
-    registration = Registration(affine=matrix, grid=grid, forward=fwd, inverse=inv)
+    registration = Registration(affine=matrix, grid=prepared.grid, forward=fwd, inverse=inv)
     say("writing outputs")
     report = {
         "version": __version__,
@@ -159,7 +180,7 @@ def register_files(
     }
     with StagedOutputs(out_dir, opts.overwrite) as staged:
         stages.run(
-            "outputs", stage_outputs, staged, registration, moving, fixed, moving_g, fixed_g, labels, report, opts.qc
+            "outputs", stage_outputs, staged, registration, moving, fixed, prepared, labels, report, opts.qc
         )
         report["seconds"] = {**stages.seconds, "total": round(time.perf_counter() - total_start, 3)}
         report["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
