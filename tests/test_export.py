@@ -14,6 +14,7 @@ import torch
 from dccnn_deploy import DCCNNLSTMReg, ModelConfig
 from dccnn_deploy.export import FORBIDDEN_OPS, audit_model, audit_ops, export_onnx
 from dccnn_deploy.export.verify import verify_onnx
+from dccnn_deploy.metrics import class_dice, tissue_classes
 from dccnn_deploy.runtime import BackendUnavailable, OnnxRuntimeBackend, make_backend
 from dccnn_deploy.runtime.backends import import_tensorrt
 
@@ -153,3 +154,19 @@ def test_tensorrt_rtx_builds_sm89_engine(exported, tmp_path):
     assert set(info["io"]) == {"moving", "fixed", "forward_displacement", "inverse_displacement"}
     print(f"\nTensorRT-RTX {info['tensorrt_version']} SM89 engine: {report.seconds:.1f} s, "
           f"{report.size_bytes / 1e6:.1f} MB")
+
+
+def test_tissue_class_dice_tracks_alignment():
+    rng = np.random.default_rng(0)
+    smooth = torch.nn.functional.interpolate(torch.from_numpy(rng.random((1, 1, 5, 6, 7), np.float32)),
+                                             size=(20, 24, 28), mode="trilinear", align_corners=True)[0, 0].numpy()
+    idx = np.indices(smooth.shape).astype(np.float32)
+    inside = (((idx - np.array([10, 12, 14])[:, None, None, None]) / np.array([8, 10, 11])[:, None, None, None]) ** 2).sum(0) < 1
+    fixed = np.where(inside, 0.3 + 0.7 * smooth, 0.0).astype(np.float32)
+    moving = np.roll(fixed, 2, axis=0)  # moving[i] = fixed[i - 2]: pulled back by u_D = +2
+    assert set(np.unique(tissue_classes(fixed))) == {0, 1, 2, 3}
+    zero = np.zeros((3, *fixed.shape), np.float32)
+    shift = zero.copy()
+    shift[0] = 2.0
+    assert class_dice(zero, fixed, fixed) == pytest.approx(1.0)
+    assert class_dice(shift, moving, fixed) > 0.99 > class_dice(zero, moving, fixed) + 0.1

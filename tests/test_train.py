@@ -115,7 +115,8 @@ def test_config_toml_round_trip_and_errors(tmp_path):
 def test_default_recipe_is_the_paper_model():
     cfg = TrainConfig.load(REPO / "configs" / "default.toml")
     assert cfg.model == ModelConfig() and cfg.loss == LossWeights()
-    assert cfg.grid_shape == (80, 96, 112) and cfg.spacing_mm == 2.0 and cfg.lr == 1e-4 and cfg.batch_size == 1
+    assert cfg.grid_shape == (80, 96, 112) and cfg.spacing_mm == 2.0 and cfg.batch_size == 1
+    assert cfg.crop_shape == (64, 64, 64) and cfg.lr == 5e-4  # the CPU recipe of the shipped model
     assert cfg.synth.enabled and len(cfg.synth.val_subjects) == 2 and cfg.data.val_subjects == ["ch2"]
 
 
@@ -164,6 +165,29 @@ def test_synth_draws_new_anatomies_and_keeps_labels(data_dir):
         assert torch.isfinite(im).all() and im.min() >= 0 and im.max() <= 1 and im.shape == labels.shape
 
 
+def test_training_windows_cut_images_and_labels_alike(data_dir):
+    sampler = build_sampler(tiny_config(data_dir, crop_shape=(8, 12, 16), synth=SynthConfig(enabled=True, fraction=1.0)))
+    full = build_sampler(tiny_config(data_dir, synth=SynthConfig(enabled=True, fraction=1.0)))
+    starts = set()
+    for step in range(1, 6):
+        moving, fixed, names = sampler.batch(step)
+        assert moving.shape == fixed.shape == (1, 1, 8, 12, 16)
+        whole, _, whole_names = full.batch(step)  # the crop is drawn after the pair: same pair
+        assert names == whole_names
+        hits = [
+            (a, b, c) for a in range(9) for b in range(5) for c in range(1)
+            if torch.equal(whole[..., a : a + 8, b : b + 12, c : c + 16], moving)
+        ]
+        assert len(hits) >= 1
+        starts.add(hits[0])
+    assert len(starts) > 1  # windows move between steps
+    pair = full.validation_pairs()[0].cropped((1, 2, 3), (4, 5, 6))
+    assert pair.moving.shape == pair.moving_labels.shape == (1, 1, 4, 5, 6)
+    for bad in ((8, 8), (8, 8, 17), (1, 8, 8)):
+        with pytest.raises(ValueError, match="crop_shape"):
+            tiny_config(data_dir, crop_shape=bad)
+
+
 # ---------------------------------------------------------------------------- loop
 
 
@@ -184,6 +208,23 @@ def test_training_writes_checkpoints_and_log(run_a):
     with torch.no_grad():
         out_fields = bundle.model(torch.rand(1, 1, 16, 16, 16), torch.rand(1, 1, 16, 16, 16))
     assert out_fields.forward.shape == (1, 3, 16, 16, 16)
+
+
+def test_release_drops_training_state_only(run_a, tmp_path):
+    from dccnn_deploy.cli.app import app
+
+    _, out, _ = run_a
+    released = tmp_path / "model.pt"
+    res = CliRunner().invoke(app, ["release", str(out / "best.pt"), "-o", str(released), "--name", "tiny"])
+    assert res.exit_code == 0, res.output
+    ckpt, source = read_checkpoint(released), read_checkpoint(out / "best.pt")
+    assert not {"optimizer", "rng", "step", "sampler"} & set(ckpt) and ckpt["train_config"] == source["train_config"]
+    assert ckpt["metadata"]["model_name"] == "tiny" and ckpt["metadata"]["training"] == source["metadata"]["training"]
+    assert released.stat().st_size < (out / "best.pt").stat().st_size
+    a, b = load_model(released).model, load_model(out / "best.pt").model
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+    again = CliRunner().invoke(app, ["release", str(out / "best.pt"), "-o", str(released)])
+    assert again.exit_code == 2 and "exists" in again.output
 
 
 def test_resume_continues_exactly(run_a, data_dir, tmp_path):

@@ -33,7 +33,7 @@ def benchmark(
     engine: Optional[Path] = typer.Option(None, help="A TensorRT engine to include (needs a GPU)."),
     csv_out: Optional[Path] = typer.Option(None, "--csv", help="Write the table as CSV."),
 ) -> None:
-    """Latency (median), peak RSS and max |Δ| vs torch of torch / ONNX Runtime (CPU, CUDA) / TensorRT."""
+    """Latency (median), peak RSS, max |Δ| vs torch and tissue-class Dice of torch / ONNX Runtime (CPU, CUDA) / TensorRT."""
     from dccnn_deploy.cli.export_cmd import bundled_pair_on_grid
     from dccnn_deploy.export import export_onnx
     from dccnn_deploy.runtime.benchmark import benchmark as run_all
@@ -64,10 +64,11 @@ def benchmark(
             atomic_write(csv_out, write, overwrite=True)
     table = Table(title=f"benchmark: {checkpoint.name}, grid {bundle.grid_shape}, {repeats} runs")
     table.add_column("backend", no_wrap=True)
-    for col in ("precision", "median (s)", "peak RSS (MB)", "max |Δ| vs torch (vox)", "note"):
+    for col in ("precision", "median (s)", "peak RSS (MB)", "max |Δ| vs torch (vox)", "tissue Dice", "note"):
         table.add_column(col, justify="right")
     for r in rows:
         table.add_row(r.backend, r.precision, "-" if math.isnan(r.median_seconds) else f"{r.median_seconds:.2f}",
                       "-" if math.isnan(r.peak_rss_mb) else f"{r.peak_rss_mb:.0f}",
-                      "-" if r.max_abs_vs_torch is None else f"{r.max_abs_vs_torch:.2e}", r.note)
+                      "-" if r.max_abs_vs_torch is None else f"{r.max_abs_vs_torch:.2e}",
+                      "-" if r.tissue_dice is None else f"{r.tissue_dice:.4f}", r.note)
     console.print(table)

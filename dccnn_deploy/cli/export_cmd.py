@@ -12,6 +12,8 @@ from rich.table import Table
 from dccnn_deploy.checkpoint import load_model
 from dccnn_deploy.cli.common import console, fail, user_errors
 
+FP16_DICE_TOLERANCE = 0.005
+
 
 def bundled_pair_on_grid(grid: tuple[int, int, int], spacing_mm: float) -> tuple[np.ndarray, np.ndarray]:
     """The bundled real brains prepared as `dccnn register` prepares them (verification inputs)."""
@@ -57,12 +59,16 @@ def export(
                 parity = verify_onnx(out, bundle.model, *bundled_pair_on_grid(bundle.grid_shape, bundle.spacing_mm))
                 progress.update(vtask, completed=1, total=1)
     table = Table(title="export")
-    for col in ("file", "size (MB)", "ops", "nodes", "opset", "max |Δ| vs torch (vox)"):
+    for col in ("file", "size (MB)", "ops", "nodes", "opset", "max |Δ| vs torch (vox)", "tissue Dice torch → ONNX"):
         table.add_column(col, justify="right")
     table.add_row(str(out), f"{report.size_bytes / 1e6:.2f}", str(len(report.op_histogram)),
                   str(sum(report.op_histogram.values())), str(report.opset),
-                  f"{parity.max_abs:.2e}" if parity else "not verified")
+                  f"{parity.max_abs:.2e}" if parity else "not verified",
+                  f"{parity.reference_dice:.4f} → {parity.candidate_dice:.4f} (Δ {parity.dice_change:.4f})" if parity else "-")
     console.print(table)
+    if parity is not None and fp16 and parity.dice_change > FP16_DICE_TOLERANCE:
+        console.print(f"[yellow]warning:[/] fp16 changes the tissue-class Dice by {parity.dice_change:.4f} "
+                      f"(> {FP16_DICE_TOLERANCE}); prefer the fp32 export for this model")
     if parity is not None and not fp16 and parity.max_abs > tolerance:
         fail(f"{out}: ONNX Runtime differs from PyTorch by {parity.max_abs:.3g} voxel (> {tolerance})", code=1)
 

@@ -96,3 +96,19 @@ def train(
     if result.last is not None:
         best = "no validation" if result.best_score is None else f"best {result.best_score:.4f}: {out / 'best.pt'}"
         typer.echo(f"step {result.step}: {result.last} ({best})")
+
+
+def release(
+    checkpoint: Path = typer.Argument(..., help="A training checkpoint (best.pt / last.pt)."),
+    out: Path = typer.Option(..., "-o", "--out", help="Output checkpoint for registration and export."),
+    name: str = typer.Option("", help="A model name recorded in the metadata."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing file."),
+) -> None:
+    """Drop the training state (optimizer, RNG) of a checkpoint: weights, configs and metadata stay."""
+    from dccnn_deploy.checkpoint import release_checkpoint
+    from dccnn_deploy.cli.common import console, user_errors
+
+    with user_errors():
+        extra = {"model_name": name} if name else {}
+        path = release_checkpoint(checkpoint, out, overwrite=overwrite, **extra)
+    console.print(f"{path}: {path.stat().st_size / 1e6:.2f} MB (from {checkpoint}, {checkpoint.stat().st_size / 1e6:.2f} MB)")

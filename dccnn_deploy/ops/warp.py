@@ -28,51 +28,54 @@ def identity_grid(shape: tuple[int, int, int], device=None, dtype=torch.float32)
     return torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=0).unsqueeze(0)
 
 
+def _axis_corners(
+    coord: torch.Tensor, size: int, stride: int, padding: Padding
+) -> tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
+    """The two sample corners of one axis: ``((offset, weight) lower, (offset, weight) upper)``.
+
+    ``offset`` = clamped index x ``stride`` (int64), ``weight`` = the linear weight, zeroed
+    where ``padding="zeros"`` and the corner lies outside the volume.
+    """
+    if padding == "border":
+        coord = coord.clamp(0.0, float(size - 1))
+    base = torch.floor(coord)
+    frac = coord - base
+    lower = base.to(torch.int64)
+    upper = lower + 1
+    weights = [1.0 - frac, frac]
+    if padding == "zeros":
+        weights = [w * ((i >= 0) & (i <= size - 1)).to(w.dtype) for w, i in zip(weights, (lower, upper))]
+    return tuple((i.clamp(0, size - 1) * stride, w) for i, w in zip((lower, upper), weights))
+
+
 def warp(volume: torch.Tensor, displacement: torch.Tensor, padding: Padding = "zeros") -> torch.Tensor:
     """Trilinear sample of ``volume`` at ``identity + displacement`` using gathers.
 
     ``volume``: ``(B, C, *S_in)``; ``displacement``: ``(B, 3, *S_out)`` in voxels of ``S_in``.
     Returns ``(B, C, *S_out)``. ``padding="zeros"`` treats samples outside the volume as 0
     (per corner, exactly as grid_sample), ``"border"`` clamps coordinates to the volume.
-    Coordinates are computed in float32 whatever the volume's dtype.
+    Coordinates are computed in float32 whatever the volume's dtype. Index and weight terms
+    are built once per axis and combined per corner (few element-wise ops in an ONNX graph).
     """
     b, c = volume.shape[:2]
     size_in = volume.shape[2:]
     size_out = displacement.shape[2:]
     coords = identity_grid(tuple(size_out), device=displacement.device) + displacement.float()
-    if padding == "border":
-        coords = torch.stack(
-            [coords[:, k].clamp(0.0, float(size_in[k] - 1)) for k in range(3)], dim=1
-        )
-    base = torch.floor(coords)
-    frac = coords - base
-    base = base.to(torch.int64)
+    strides = (size_in[1] * size_in[2], size_in[2], 1)
+    axes = [_axis_corners(coords[:, k], size_in[k], strides[k], padding) for k in range(3)]
 
     n_in = size_in[0] * size_in[1] * size_in[2]
     # (B*N, C) rows: one Gather of whole voxels per corner with 1-D indices (no expand over C)
     flat = volume.reshape(b, c, n_in).transpose(1, 2).reshape(b * n_in, c)
-    batch_offset = (torch.arange(b, device=volume.device, dtype=torch.int64) * n_in).view(b, 1)
+    batch_offset = (torch.arange(b, device=volume.device, dtype=torch.int64) * n_in).view(b, 1, 1, 1)
+    first = [(i + batch_offset, w) for i, w in axes[0]]
+    pairs = [(i0 + i1, w0 * w1) for i0, w0 in first for i1, w1 in axes[1]]
 
     out = None
-    for corner in range(8):
-        offs = ((corner >> 2) & 1, (corner >> 1) & 1, corner & 1)
-        weight = None
-        idx = []
-        inside = None
-        for k in range(3):
-            i_k = base[:, k] + offs[k]
-            w_k = frac[:, k] if offs[k] else 1.0 - frac[:, k]
-            weight = w_k if weight is None else weight * w_k
-            if padding == "zeros":
-                ok = (i_k >= 0) & (i_k <= size_in[k] - 1)
-                inside = ok if inside is None else inside & ok
-            idx.append(i_k.clamp(0, size_in[k] - 1))
-        if inside is not None:
-            weight = weight * inside.to(weight.dtype)
-        lin = (idx[0] * size_in[1] + idx[1]) * size_in[2] + idx[2]  # (B, *S_out)
-        lin = (lin.reshape(b, -1) + batch_offset).reshape(-1)
-        term = flat.index_select(0, lin) * weight.reshape(-1, 1).to(flat.dtype)
-        out = term if out is None else out + term
+    for i01, w01 in pairs:
+        for i2, w2 in axes[2]:
+            term = flat.index_select(0, (i01 + i2).reshape(-1)) * (w01 * w2).reshape(-1, 1).to(flat.dtype)
+            out = term if out is None else out + term
     return out.reshape(b, *size_out, c).permute(0, 4, 1, 2, 3)
 
 

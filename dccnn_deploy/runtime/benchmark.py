@@ -1,7 +1,8 @@
 """Latency, peak memory and parity of every available backend (``dccnn benchmark``).
 
 Each backend runs in its own child process (``python -m dccnn_deploy.runtime.benchmark``) so
-its peak RSS is its own; outputs are compared with the torch backend's.
+its peak RSS is its own; outputs are compared with the torch backend's, as displacements and as
+the tissue-class Dice of the forward field (:func:`~dccnn_deploy.metrics.class_dice`).
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
+from dccnn_deploy.metrics import class_dice
+
 
 @dataclass
 class BenchmarkRow:
@@ -25,6 +28,7 @@ class BenchmarkRow:
     median_seconds: float
     peak_rss_mb: float
     max_abs_vs_torch: float | None
+    tissue_dice: float | None = None
     note: str = ""
 
 
@@ -78,12 +82,13 @@ def benchmark(runs: list[tuple[Path, str, str, str]], moving: np.ndarray, fixed:
             try:
                 timing, out = run_backend(model, backend, device, moving, fixed, repeats, Path(tmp))
             except RuntimeError as exc:
-                rows.append(BenchmarkRow(f"{backend}-{device}", precision, float("nan"), float("nan"), None, str(exc)))
+                rows.append(BenchmarkRow(f"{backend}-{device}", precision, float("nan"), float("nan"), None, None, str(exc)))
                 continue
             if reference is None:
                 reference = out
             diff = max(float(np.abs(out[k] - reference[k]).max()) for k in ("forward", "inverse"))
-            rows.append(BenchmarkRow(f"{backend}-{device}", precision, timing["median_seconds"], timing["peak_rss_mb"], diff))
+            rows.append(BenchmarkRow(f"{backend}-{device}", precision, timing["median_seconds"], timing["peak_rss_mb"],
+                                     diff, class_dice(out["forward"], moving, fixed)))
     return rows
 
 

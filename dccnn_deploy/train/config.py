@@ -154,7 +154,9 @@ class SynthConfig:
 class TrainConfig:
     """Everything a training run needs. ``amp``: autocast dtype on CUDA (``"bf16"``,
     ``"fp16"`` with a grad scaler, ``"off"``); CPU runs are always float32. ``threads``:
-    torch intra-op threads (0 leaves the default). Steps are counted from 1; validation runs
+    torch intra-op threads (0 leaves the default). ``crop_shape`` (empty: off): each training
+    pair is cut to one random window of this size (the same for both images), at the grid's
+    spacing: cheaper steps with the deployment's voxel size; validation uses the whole grid. Steps are counted from 1; validation runs
     every ``val_every`` steps and ``last.pt`` is written every ``checkpoint_every`` steps
     (and both at the last step)."""
 
@@ -162,6 +164,7 @@ class TrainConfig:
     loss: LossWeights = field(default_factory=LossWeights)
     grid_shape: tuple[int, int, int] = DEFAULT_GRID
     spacing_mm: float = DEFAULT_SPACING_MM
+    crop_shape: tuple[int, ...] = ()
     lr: float = 1e-4
     batch_size: int = 1
     iterations: int = 100_000
@@ -178,6 +181,11 @@ class TrainConfig:
         self.grid_shape = tuple(int(n) for n in self.grid_shape)
         if len(self.grid_shape) != 3 or min(self.grid_shape) < 2:
             raise ValueError(f"grid_shape must be three sizes >= 2, got {self.grid_shape}")
+        self.crop_shape = tuple(int(n) for n in self.crop_shape)
+        if self.crop_shape and (
+            len(self.crop_shape) != 3 or any(not 2 <= c <= g for c, g in zip(self.crop_shape, self.grid_shape))
+        ):
+            raise ValueError(f"crop_shape must be three sizes in [2, grid_shape], got {self.crop_shape}")
         if self.spacing_mm <= 0 or self.lr <= 0:
             raise ValueError("spacing_mm and lr must be > 0")
         if self.batch_size < 1 or self.iterations < 0 or self.val_every < 1 or self.checkpoint_every < 1:
@@ -195,6 +203,7 @@ class TrainConfig:
         d["model"] = self.model.to_dict()
         d["loss"] = self.loss.to_dict()
         d["grid_shape"] = list(self.grid_shape)
+        d["crop_shape"] = list(self.crop_shape)
         for name in ("data", "augment", "synth"):
             d[name] = asdict(getattr(self, name))
         return d

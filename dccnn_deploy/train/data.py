@@ -276,6 +276,17 @@ class Pair:
     fixed_labels: torch.Tensor | None
     name: str
 
+    def cropped(self, start: tuple[int, ...], shape: tuple[int, ...]) -> "Pair":
+        """The window ``start : start + shape`` of every volume of the pair."""
+        window = (..., *(slice(a, a + n) for a, n in zip(start, shape)))
+        cut = lambda t: None if t is None else t[window]  # noqa: E731
+        return Pair(cut(self.moving), cut(self.fixed), cut(self.moving_labels), cut(self.fixed_labels), self.name)
+
+
+def random_window(grid: tuple[int, ...], shape: tuple[int, ...], rng: np.random.Generator) -> tuple[int, ...]:
+    """A uniformly random start of a ``shape`` window inside ``grid``."""
+    return tuple(int(rng.integers(g - n + 1)) for g, n in zip(grid, shape))
+
 
 def _generators(*key: int) -> tuple[np.random.Generator, torch.Generator]:
     """A numpy and a torch generator, both determined by ``key``."""
@@ -307,6 +318,9 @@ class PairSampler:
         """Moving and fixed ``(B, 1, D, H, W)`` and the pair names for training step ``step``."""
         rng, gen = _generators(self.config.seed, 0, self.rank, step)
         pairs = [self._training_pair(rng, gen) for _ in range(self.config.batch_size)]
+        crop = self.config.crop_shape
+        if crop:
+            pairs = [p.cropped(random_window(tuple(p.moving.shape[2:]), crop, rng), crop) for p in pairs]
         return torch.cat([p.moving for p in pairs]), torch.cat([p.fixed for p in pairs]), [p.name for p in pairs]
 
     def _training_pair(self, rng: np.random.Generator, gen: torch.Generator) -> Pair:
