@@ -58,7 +58,7 @@ def test_demo_registers_with_the_default_model(tmp_path):
 def test_default_model_exports_and_verifies(exported_default):
     path, output = exported_default
     assert path.stat().st_size > 1e6
-    parity = re.search(r"(\d\.\d\de[-+]\d\d)", output)
+    parity = re.search(r"max \|Δ\| (\d\.\d\de[-+]\d\d) voxel", output)
     assert parity and float(parity.group(1)) < 0.01
 
 

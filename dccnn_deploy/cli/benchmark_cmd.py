@@ -64,11 +64,11 @@ def benchmark(
             atomic_write(csv_out, write, overwrite=True)
     table = Table(title=f"benchmark: {checkpoint.name}, grid {bundle.grid_shape}, {repeats} runs")
     table.add_column("backend", no_wrap=True)
-    for col in ("precision", "median (s)", "peak RSS (MB)", "max |Δ| vs torch (vox)", "tissue Dice", "note"):
+    for col in ("precision", "median s", "peak MB", "max |Δ| vox", "tissue Dice", "note"):
         table.add_column(col, justify="right")
     for r in rows:
         table.add_row(r.backend, r.precision, "-" if math.isnan(r.median_seconds) else f"{r.median_seconds:.2f}",
                       "-" if math.isnan(r.peak_rss_mb) else f"{r.peak_rss_mb:.0f}",
-                      "-" if r.max_abs_vs_torch is None else f"{r.max_abs_vs_torch:.2e}",
+                      "-" if r.max_abs_vs_torch is None else f"{r.max_abs_vs_torch:.1e}",
                       "-" if r.tissue_dice is None else f"{r.tissue_dice:.4f}", r.note)
     console.print(table)

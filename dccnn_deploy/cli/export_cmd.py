@@ -66,6 +66,9 @@ def export(
                   f"{parity.max_abs:.2e}" if parity else "not verified",
                   f"{parity.reference_dice:.4f} → {parity.candidate_dice:.4f} (Δ {parity.dice_change:.4f})" if parity else "-")
     console.print(table)
+    if parity is not None:
+        console.print(f"ONNX Runtime vs PyTorch on the bundled pair: max |Δ| {parity.max_abs:.2e} voxel; tissue-class "
+                      f"Dice {parity.reference_dice:.4f} → {parity.candidate_dice:.4f}", soft_wrap=True)
     if parity is not None and fp16 and parity.dice_change > FP16_DICE_TOLERANCE:
         console.print(f"[yellow]warning:[/] fp16 changes the tissue-class Dice by {parity.dice_change:.4f} "
                       f"(> {FP16_DICE_TOLERANCE}); prefer the fp32 export for this model")
