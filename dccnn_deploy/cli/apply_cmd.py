@@ -9,7 +9,7 @@ import numpy as np
 import torch
 import typer
 
-from dccnn_deploy.cli.common import console, fail, user_errors
+from dccnn_deploy.cli.common import console, fail, refuse_existing, user_errors
 from dccnn_deploy.io import load_itk_affine, load_itk_displacement, load_volume, save_volume
 from dccnn_deploy.preprocess.grid import Grid
 from dccnn_deploy.transform import Registration, sample_at
@@ -39,8 +39,7 @@ def apply(
 ) -> None:
     """Resample IMAGE through WARP onto the warp's grid (ITK convention: out(x) = image(T(x)))."""
     with user_errors():
-        if out.exists() and not overwrite:
-            fail(f"{out}: already exists (use --overwrite)")
+        refuse_existing(out, overwrite)
         vol = load_volume(image, kind="labels" if labels else "image")
         points, affine = warp_points(warp, reference)
         save_volume(out, sample_at(vol.data, vol.affine, points, labels=labels), affine, overwrite=overwrite)

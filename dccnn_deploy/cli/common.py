@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+from pathlib import Path
 from typing import Iterator
 
 import typer
@@ -20,6 +21,12 @@ def fail(message: str, code: int = 2) -> None:
     """Print ``error: message`` (one line) to stderr and exit with ``code``."""
     err_console.print(f"[bold red]error:[/] {' '.join(str(message).split())}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
+
+
+def refuse_existing(path: Path, overwrite: bool) -> None:
+    """``fail`` (exit 2) when the output ``path`` exists and ``--overwrite`` was not given."""
+    if path.exists() and not overwrite:
+        fail(f"{path}: already exists (use --overwrite)")
 
 
 @contextlib.contextmanager

@@ -10,7 +10,7 @@ from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from dccnn_deploy.checkpoint import load_model
-from dccnn_deploy.cli.common import console, fail, user_errors
+from dccnn_deploy.cli.common import console, fail, refuse_existing, user_errors
 
 FP16_DICE_TOLERANCE = 0.005
 
@@ -42,8 +42,7 @@ def export(
     from dccnn_deploy.export.verify import verify_onnx
 
     with user_errors():
-        if out.exists() and not overwrite:
-            fail(f"{out}: already exists (use --overwrite)")
+        refuse_existing(out, overwrite)
         bundle = load_model(checkpoint)
         meta = {"spacing": str(bundle.spacing_mm), "normalisation": str(bundle.metadata.get("normalisation")),
                 "source_checkpoint_sha256": bundle.sha256}
@@ -59,16 +58,16 @@ def export(
                 parity = verify_onnx(out, bundle.model, *bundled_pair_on_grid(bundle.grid_shape, bundle.spacing_mm))
                 progress.update(vtask, completed=1, total=1)
     table = Table(title="export")
-    for col in ("file", "size (MB)", "ops", "nodes", "opset", "max |Δ| vs torch (vox)", "tissue Dice torch → ONNX"):
+    for col in ("file", "size (MB)", "ops", "nodes", "opset", "max |Δ| vs torch (vox)"):
         table.add_column(col, justify="right")
     table.add_row(str(out), f"{report.size_bytes / 1e6:.2f}", str(len(report.op_histogram)),
                   str(sum(report.op_histogram.values())), str(report.opset),
-                  f"{parity.max_abs:.2e}" if parity else "not verified",
-                  f"{parity.reference_dice:.4f} → {parity.candidate_dice:.4f} (Δ {parity.dice_change:.4f})" if parity else "-")
+                  f"{parity.max_abs:.2e}" if parity else "not verified")
     console.print(table)
-    if parity is not None:
+    if parity is not None:  # also as one line: a narrow terminal may cut the table's cells
         console.print(f"ONNX Runtime vs PyTorch on the bundled pair: max |Δ| {parity.max_abs:.2e} voxel; tissue-class "
-                      f"Dice {parity.reference_dice:.4f} → {parity.candidate_dice:.4f}", soft_wrap=True)
+                      f"Dice {parity.reference_dice:.4f} → {parity.candidate_dice:.4f} (Δ {parity.dice_change:.4f})",
+                      soft_wrap=True)
     if parity is not None and fp16 and parity.dice_change > FP16_DICE_TOLERANCE:
         console.print(f"[yellow]warning:[/] fp16 changes the tissue-class Dice by {parity.dice_change:.4f} "
                       f"(> {FP16_DICE_TOLERANCE}); prefer the fp32 export for this model")
@@ -89,8 +88,7 @@ def build_engine(
     from dccnn_deploy.export.tensorrt_build import build_engine as build
 
     with user_errors():
-        if out.exists() and not overwrite:
-            fail(f"{out}: already exists (use --overwrite)")
+        refuse_existing(out, overwrite)
         if not onnx_path.is_file():
             fail(f"{onnx_path}: not found")
         with console.status(f"building a {flavor} engine from {onnx_path.name}"):

@@ -18,8 +18,6 @@ from pathlib import Path
 
 import numpy as np
 
-from dccnn_deploy.metrics import class_dice
-
 
 @dataclass
 class BenchmarkRow:
@@ -76,13 +74,14 @@ def run_backend(model: Path, backend: str, device: str, moving: np.ndarray, fixe
 
 def benchmark(runs: list[tuple[Path, str, str, str]], moving: np.ndarray, fixed: np.ndarray, repeats: int) -> list[BenchmarkRow]:
     """``runs``: (model file, backend, device, precision label); the first must be torch (reference)."""
+    from dccnn_deploy.metrics import class_dice  # here, not at import: the timed children stay lean
     rows, reference = [], None
     with tempfile.TemporaryDirectory() as tmp:
         for model, backend, device, precision in runs:
             try:
                 timing, out = run_backend(model, backend, device, moving, fixed, repeats, Path(tmp))
             except RuntimeError as exc:
-                rows.append(BenchmarkRow(f"{backend}-{device}", precision, float("nan"), float("nan"), None, None, str(exc)))
+                rows.append(BenchmarkRow(f"{backend}-{device}", precision, float("nan"), float("nan"), None, note=str(exc)))
                 continue
             if reference is None:
                 reference = out

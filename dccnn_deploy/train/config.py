@@ -156,9 +156,9 @@ class TrainConfig:
     ``"fp16"`` with a grad scaler, ``"off"``); CPU runs are always float32. ``threads``:
     torch intra-op threads (0 leaves the default). ``crop_shape`` (empty: off): each training
     pair is cut to one random window of this size (the same for both images), at the grid's
-    spacing: cheaper steps with the deployment's voxel size; validation uses the whole grid. Steps are counted from 1; validation runs
-    every ``val_every`` steps and ``last.pt`` is written every ``checkpoint_every`` steps
-    (and both at the last step)."""
+    spacing: cheaper steps with the deployment's voxel size; validation uses the whole grid.
+    Steps are counted from 1; validation runs every ``val_every`` steps and ``last.pt`` is
+    written every ``checkpoint_every`` steps (and both at the last step)."""
 
     model: ModelConfig = field(default_factory=ModelConfig)
     loss: LossWeights = field(default_factory=LossWeights)

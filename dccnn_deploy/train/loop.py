@@ -36,13 +36,7 @@ from dccnn_deploy.checkpoint import default_metadata, read_checkpoint, save_chec
 from dccnn_deploy.config import ModelConfig
 from dccnn_deploy.io.errors import OutputExistsError
 from dccnn_deploy.losses import DCCNNLoss
-from dccnn_deploy.metrics import (
-    dice,
-    folding_percent,
-    inverse_consistency,
-    mean_of,
-    ncc,
-)
+from dccnn_deploy.metrics import folding_percent, inverse_consistency, ncc, warped_label_dice
 from dccnn_deploy.model import DCCNNLSTMReg, RegistrationOutput, ScaleTrace
 from dccnn_deploy.ops.warp import warp_gridsample
 from dccnn_deploy.train import distributed
@@ -161,11 +155,8 @@ def _pair_metrics(model: DCCNNLSTMReg, pair: Pair, device: torch.device, amp: st
         "inverse_consistency": inverse_consistency(fwd, inv)["mean"],
     }
     if pair.moving_labels is not None and pair.fixed_labels is not None:
-        warped = warp_gridsample(pair.moving_labels, fwd, padding="zeros", mode="nearest")
-        warped = warped[0, 0].numpy().astype(np.int32)
-        fixed = pair.fixed_labels[0, 0].numpy().astype(np.int32)
-        ids = [int(v) for v in np.union1d(np.unique(warped), np.unique(fixed)) if v != 0 and v not in ignore]
-        m["dice"] = mean_of(dice(warped, fixed, ids))
+        m["dice"] = warped_label_dice(fwd, pair.moving_labels[0, 0].numpy(), pair.fixed_labels[0, 0].numpy(),
+                                      ignore=ignore)
     return m
 
 
