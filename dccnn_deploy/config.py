@@ -67,7 +67,10 @@ class LossWeights:
 
     ``similarity`` is lambda_1 (applied to every scale), ``jacobian`` lambda_2, ``smooth``
     lambda_3, ``cycle`` lambda_4 and ``control`` lambda_5. ``ncc_window`` is the local-NCC
-    window edge (voxels).
+    window edge (voxels). ``label_dice`` (0: off, the paper-exact recipe) weights a
+    SynthMorph-style label-overlap term, 1 - soft Dice of the warped one-hot label maps, both
+    directions, on pairs that have label maps (not in the paper; docs/method.md).
+    ``max_dice_labels`` caps the labels per step (a random subset; 0: all).
     """
 
     similarity: float = 0.8
@@ -77,6 +80,8 @@ class LossWeights:
     control: float = 0.1
     ncc_window: int = 9
     scale_weights: tuple[float, ...] = field(default=())
+    label_dice: float = 0.0
+    max_dice_labels: int = 32
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)

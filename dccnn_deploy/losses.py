@@ -57,19 +57,46 @@ def _row_mean(t: torch.Tensor) -> torch.Tensor:
     return t.flatten(1).mean(dim=1)
 
 
-def similarity_loss(scales: list[ScaleTrace], images: torch.Tensor, window: int, weights: list[float]) -> torch.Tensor:
+def similarity_loss(
+    scales: list[ScaleTrace], images: torch.Tensor, window: int, weights: list[float],
+    rows: torch.Tensor | None = None,
+) -> torch.Tensor:
     """-sum_l lambda_1^l (NCC(X o P(phi^l), Y) + NCC(Y o P(phi^-l), X)) on the full grid.
 
     ``images``: padded ``[X; Y]`` ``(2B, 1, ...)``; P is trilinear upsampling to full scale.
+    ``rows`` (``(B,)``, 0/1): pairs whose images share one contrast; NCC is left out for the
+    others (independent random contrasts, trained by the label term alone).
     """
     targets = swap_halves(images)
+    mask = None if rows is None else torch.cat([rows, rows]).to(images)
     total = images.new_zeros(())
     n = len(scales)
     for level, (trace, w) in enumerate(zip(scales, weights)):
         full = upsample_field(trace.fields, 2 ** (n - 1 - level))
         moved = warp_gridsample(images, full, padding="border")
-        total = total - w * _paths_mean(local_ncc(moved, targets, window))
+        per_row = local_ncc(moved, targets, window)
+        total = total - w * _paths_mean(per_row if mask is None else per_row * mask)
     return total
+
+
+def soft_dice(a: torch.Tensor, b: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
+    """Mean soft Dice over the channels present in either map, per batch row: ``(B, K, ...)`` x2 -> ``(B,)``."""
+    inter = (a * b).flatten(2).sum(-1)
+    total = a.flatten(2).sum(-1) + b.flatten(2).sum(-1)
+    present = (total > eps).to(a)
+    dice = 2 * inter / (total + eps)
+    return (dice * present).sum(1) / present.sum(1).clamp(min=1)
+
+
+def label_dice_loss(fields: torch.Tensor, onehots: torch.Tensor) -> torch.Tensor:
+    """1 - soft Dice of the warped one-hot label maps, both paths (SynthMorph's overlap loss).
+
+    ``fields``: final full-scale ``[phi; phi^-1]`` ``(2B, 3, ...)``; ``onehots``: padded
+    ``[onehot(X labels); onehot(Y labels)]`` ``(2B, K, ...)``: X's labels pulled by phi are
+    compared with Y's, Y's pulled by phi^-1 with X's.
+    """
+    moved = warp_gridsample(onehots, fields, padding="zeros")
+    return _paths_mean(1.0 - soft_dice(moved, swap_halves(onehots)))
 
 
 def jacobian_loss(scales: list[ScaleTrace]) -> torch.Tensor:
@@ -106,7 +133,10 @@ class DCCNNLoss(torch.nn.Module):
     """Total loss L = L_sim + l2 L_Jdet + l3 L_reg + l4 L_cycle + l5 L_cic.
 
     ``forward(output, moving, fixed)`` with ``output`` from ``model(moving, fixed, trace=True)``
-    returns ``(total, terms)`` where ``terms`` holds each unweighted loss as a float.
+    returns ``(total, terms)`` where ``terms`` holds each unweighted loss as a float. With
+    ``label_dice > 0`` and one-hot label maps ``onehots = (moving, fixed)`` (each
+    ``(B, K, ...)``), ``+ label_dice * L_dice`` is added; ``same_contrast`` ``(B,)`` masks the
+    NCC similarity of pairs with independent contrasts.
     """
 
     def __init__(self, weights: LossWeights | None = None, divisor: int = 16):
@@ -115,7 +145,8 @@ class DCCNNLoss(torch.nn.Module):
         self.divisor = divisor
 
     def forward(
-        self, output: RegistrationOutput, moving: torch.Tensor, fixed: torch.Tensor
+        self, output: RegistrationOutput, moving: torch.Tensor, fixed: torch.Tensor,
+        onehots: tuple[torch.Tensor, torch.Tensor] | None = None, same_contrast: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, dict[str, float]]:
         if not output.scales:
             raise ValueError("the losses need the traced output: call model(moving, fixed, trace=True)")
@@ -124,7 +155,7 @@ class DCCNNLoss(torch.nn.Module):
         n = len(output.scales)
         scale_w = [w.similarity * s for s in (w.scale_weights or (1.0,) * n)]
         terms = {
-            "similarity": similarity_loss(output.scales, images, w.ncc_window, scale_w),
+            "similarity": similarity_loss(output.scales, images, w.ncc_window, scale_w, same_contrast),
             "jacobian": jacobian_loss(output.scales),
             "smooth": smoothness_loss(output.scales),
             "cycle": cycle_loss(output.scales[-1].fields, images, w.ncc_window),
@@ -137,4 +168,10 @@ class DCCNNLoss(torch.nn.Module):
             + w.cycle * terms["cycle"]
             + w.control * terms["control"]
         )
+        if w.label_dice > 0 and onehots is not None:
+            labels = pad_to_multiple(torch.cat(onehots, dim=0), self.divisor)
+            terms["label_dice"] = label_dice_loss(output.scales[-1].fields, labels)
+            total = total + w.label_dice * terms["label_dice"]
+        elif w.label_dice > 0:  # an unlabelled batch: logged as NaN, so every rank logs the same terms
+            terms["label_dice"] = total.new_tensor(float("nan"))
         return total, {k: float(v.detach()) for k, v in terms.items()}

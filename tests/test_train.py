@@ -114,10 +114,13 @@ def test_config_toml_round_trip_and_errors(tmp_path):
 
 def test_default_recipe_is_the_paper_model():
     cfg = TrainConfig.load(REPO / "configs" / "default.toml")
-    assert cfg.model == ModelConfig() and cfg.loss == LossWeights()
+    # the paper's network and loss weights, plus the label-overlap term (0 = paper-exact)
+    assert cfg.model == ModelConfig() and replace(cfg.loss, label_dice=0.0) == LossWeights()
+    assert cfg.loss.label_dice > 0
     assert cfg.grid_shape == (80, 96, 112) and cfg.spacing_mm == 2.0 and cfg.batch_size == 1
-    assert cfg.crop_shape == (64, 64, 64) and cfg.lr == 5e-4  # the CPU recipe of the shipped model
+    assert cfg.crop_shape == (64, 64, 64) and cfg.init.endswith("models/dccnn-default.pt")  # warm start
     assert cfg.synth.enabled and len(cfg.synth.val_subjects) == 2 and cfg.data.val_subjects == ["ch2"]
+    assert cfg.synth.independent_contrast > 0 and cfg.synth.head_prob > 0 and cfg.augment.strip_prob > 0
 
 
 # ---------------------------------------------------------------------------- data
@@ -197,7 +200,8 @@ def test_training_writes_checkpoints_and_log(run_a):
     rows = read_log(out / "log.csv")
     assert [r["kind"] for r in rows] == ["train", "train", "val", "train", "train", "val"]
     for r in train_rows(out):
-        assert all(np.isfinite(float(r[k])) for k in ("loss", *LOSS_TERMS, "lr", "seconds"))
+        assert all(np.isfinite(float(r[k])) for k in ("loss", *LOSS_TERMS, "lr", "seconds") if k != "label_dice")
+        assert r["label_dice"] == ""  # weight 0 (the paper's losses alone): not computed
     val = [r for r in rows if r["kind"] == "val"][-1]
     assert 0 < float(val["dice"]) <= 1 and float(val["score"]) == float(val["dice"])
     bundle = load_model(out / "last.pt")  # weights_only loading of the package format

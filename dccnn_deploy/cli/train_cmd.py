@@ -24,6 +24,27 @@ def parse_val_subjects(text: str) -> int | list[str]:
     return int(text) if text.isdigit() else [s.strip() for s in text.split(",") if s.strip()]
 
 
+def apply_setting(d: dict[str, Any], setting: str) -> None:
+    """Apply one ``--set section.key=value`` (or ``key=value``; value in TOML syntax) to the
+    config dict ``d`` in place (``ValueError`` on a malformed setting)."""
+    import tomllib
+
+    key, sep, value = setting.partition("=")
+    if not sep or not key.strip():
+        raise ValueError(f"--set {setting!r}: expected key=value, e.g. synth.head_prob=0.5")
+    try:
+        parsed = tomllib.loads(f"v = {value.strip()}")["v"]
+    except tomllib.TOMLDecodeError:
+        parsed = value.strip()  # a bare string
+    *sections, name = key.strip().split(".")
+    target = d
+    for section in sections:
+        if not isinstance(target.get(section), dict):
+            raise ValueError(f"--set {setting!r}: no section [{section}]")
+        target = target[section]
+    target[name] = parsed
+
+
 def resolve_config(
     config: Path | None,
     resume: Path | None,
@@ -32,6 +53,7 @@ def resolve_config(
     labels_pattern: str | None,
     iterations: int | None,
     val_subjects: str | None,
+    settings: list[str] | None = None,
 ) -> TrainConfig:
     """The run's config: base (TOML, checkpoint or defaults) with the command-line overrides.
 
@@ -63,6 +85,8 @@ def resolve_config(
     if val_subjects is not None:
         section = "synth" if label_maps_only or not (d["data"]["images"] or d["data"]["labels_csv"]) else "data"
         d[section]["val_subjects"] = parse_val_subjects(val_subjects)
+    for setting in settings or []:
+        apply_setting(d, setting)
     return TrainConfig.from_dict(d, base=Path.cwd())
 
 
@@ -83,13 +107,32 @@ def train(
         None, "--val-subjects", help="Held-out subjects: a count or comma-separated names."
     ),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show the progress bar."),
+    packed: Path | None = typer.Option(None, "--packed", help="Train from a training pack (see --pack-data)."),
+    pack_data: Path | None = typer.Option(
+        None, "--pack-data", help="Only prepare the data and write it as a training pack (.npz) for another machine."
+    ),
+    init: Path | None = typer.Option(None, "--init", help="Start a new run from these weights (warm start)."),
+    time_limit: float | None = typer.Option(None, "--time-limit", help="Stop after this many minutes (then validate, save)."),
+    settings: list[str] = typer.Option(
+        [], "--set", help="Override a config value: section.key=value (TOML value), e.g. --set batch_size=4."
+    ),
 ) -> None:
     """Train DCCNN-LSTM-Reg (checkpoints in the package format; --resume continues exactly)."""
     try:
-        cfg = resolve_config(config, resume, data_dir, synth, labels_pattern, iterations, val_subjects)
+        cfg = resolve_config(config, resume, data_dir, synth, labels_pattern, iterations, val_subjects, settings)
+        cfg.packed = str(packed) if packed is not None else cfg.packed
+        cfg.init = str(init) if init is not None else cfg.init
+        if pack_data is not None:
+            from dccnn_deploy.train.data import build_sampler
+            from dccnn_deploy.train.pack import save_pack
+
+            path = save_pack(build_sampler(cfg), pack_data)
+            typer.echo(f"training pack: {path} ({path.stat().st_size / 1e6:.1f} MB)")
+            return
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
-        result = loop.train(cfg, out, resume=resume, device=device, progress=progress)
+        limit = None if time_limit is None else 60.0 * time_limit
+        result = loop.train(cfg, out, resume=resume, device=device, progress=progress, time_limit_s=limit)
     except (InputError, OutputExistsError, ValueError) as exc:
         typer.echo(f"error: {' '.join(str(exc).split())}", err=True)
         raise typer.Exit(2) from None

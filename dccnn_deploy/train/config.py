@@ -58,7 +58,9 @@ def expand_path(path: str, base: Path | None = None) -> str:
 class DataConfig:
     """Real images. ``images``: files, folders or glob patterns. Label maps (optional) by
     ``labels_pattern`` (``"{stem}_seg"``: ``<dir>/<stem>_seg.nii.gz`` beside each image) or by
-    ``labels_csv`` (columns ``image,labels``). ``template``: the reference of the affine
+    ``labels_csv`` (columns ``image,labels``). ``masks_pattern`` (e.g. ``"{stem}_mask"``): brain
+    masks beside the images, used to skull-strip both images of a real pair at times
+    (``[augment] strip_prob``). ``template``: the reference of the affine
     pre-alignment (default: the first image). ``align``: ``"affine"``, ``"rigid"`` or ``"none"``.
     ``centre``: the model grid is centred on the reference's foreground centre of ``"mass"`` or
     on its ``"grid"`` centre. ``val_subjects``: held-out count or names.
@@ -67,6 +69,7 @@ class DataConfig:
     images: list[str] = field(default_factory=list)
     labels_pattern: str = ""
     labels_csv: str = ""
+    masks_pattern: str = ""
     template: str = ""
     align: str = "affine"
     centre: str = "mass"
@@ -80,8 +83,9 @@ class DataConfig:
             raise ValueError(f"[data] align must be 'affine', 'rigid' or 'none', got {self.align!r}")
         if self.centre not in ("mass", "grid"):
             raise ValueError(f"[data] centre must be 'mass' or 'grid', got {self.centre!r}")
-        if self.labels_pattern and "{stem}" not in self.labels_pattern:
-            raise ValueError(f"[data] labels_pattern must contain '{{stem}}', got {self.labels_pattern!r}")
+        for name in ("labels_pattern", "masks_pattern"):
+            if getattr(self, name) and "{stem}" not in getattr(self, name):
+                raise ValueError(f"[data] {name} must contain '{{stem}}', got {getattr(self, name)!r}")
         if self.max_val_pairs < 1:
             raise ValueError("[data] max_val_pairs must be >= 1")
 
@@ -95,7 +99,8 @@ class AugmentConfig:
     ``velocity_std`` at control points every ``velocity_spacing`` voxels, scaling and squaring);
     ``intensity_prob``: gamma ``exp(N(0, gamma_std))``, bias field ``exp(N(0, bias_std))`` on a
     ``bias_spacing`` lattice, Gaussian blur sigma ~ U(0, ``blur_max``), noise std ~
-    U(0, ``noise_max``); ``flip_prob``: both images of a pair flipped left-right.
+    U(0, ``noise_max``); ``flip_prob``: both images of a pair flipped left-right;
+    ``strip_prob``: both images of a real pair skull-stripped by their masks (when both have one).
     """
 
     deform_prob: float = 0.5
@@ -108,9 +113,10 @@ class AugmentConfig:
     blur_max: float = 0.0
     noise_max: float = 0.03
     flip_prob: float = 0.0
+    strip_prob: float = 0.0
 
     def __post_init__(self) -> None:
-        for name in ("deform_prob", "intensity_prob", "flip_prob"):
+        for name in ("deform_prob", "intensity_prob", "flip_prob", "strip_prob"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"[augment] {name} must lie in [0, 1]")
         if self.velocity_spacing < 1 or self.bias_spacing < 1:
@@ -126,6 +132,12 @@ class SynthConfig:
     images are used too. ``blur_max`` / ``texture_std`` / ``velocity_*`` in voxels.
     ``interior_label`` (0: off): unlabelled voxels inside the brain hull get this label, for
     maps that label only grey matter (Desikan-Killiany); it is left out of validation Dice.
+    ``independent_contrast``: probability that the two images of a pair get independent random
+    contrasts (their NCC term is then left out; the label loss trains them). ``head_prob``:
+    probability per image of extra-cerebral shells (CSF, skull, scalp) around the brain.
+    ``shapes_fraction``: share of synthetic pairs painted from random-shape label maps
+    (``shapes_count`` shapes on a ``shapes_spacing`` lattice) inside a training brain's outline.
+    ``coarse_velocity_std`` / ``_spacing``: a second, coarser deformation component (voxels).
     """
 
     enabled: bool = False
@@ -138,8 +150,20 @@ class SynthConfig:
     blur_max: float = 1.0
     texture_std: float = 0.05
     interior_label: int = 0
+    independent_contrast: float = 0.0
+    head_prob: float = 0.0
+    shapes_fraction: float = 0.0
+    shapes_count: int = 24
+    shapes_spacing: int = 6
+    coarse_velocity_std: float = 0.0
+    coarse_velocity_spacing: int = 24
 
     def __post_init__(self) -> None:
+        for name in ("independent_contrast", "head_prob", "shapes_fraction"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"[synth] {name} must lie in [0, 1]")
+        if self.shapes_count < 2 or self.shapes_spacing < 1 or self.coarse_velocity_spacing < 1:
+            raise ValueError("[synth] shapes_count must be >= 2, shapes_spacing and coarse_velocity_spacing >= 1")
         if not 0 <= self.interior_label < 2**24:
             raise ValueError("[synth] interior_label must lie in [0, 2**24)")
         self.label_maps = [str(p) for p in self.label_maps]
@@ -157,6 +181,8 @@ class TrainConfig:
     torch intra-op threads (0 leaves the default). ``crop_shape`` (empty: off): each training
     pair is cut to one random window of this size (the same for both images), at the grid's
     spacing: cheaper steps with the deployment's voxel size; validation uses the whole grid.
+    ``init``: a checkpoint whose weights start a new run (warm start; ignored on resume).
+    ``packed``: a training pack (:mod:`~dccnn_deploy.train.pack`) read instead of the data files.
     Steps are counted from 1; validation runs every ``val_every`` steps and ``last.pt`` is
     written every ``checkpoint_every`` steps (and both at the last step)."""
 
@@ -173,6 +199,8 @@ class TrainConfig:
     seed: int = 0
     amp: str = "bf16"
     threads: int = 0
+    init: str = ""
+    packed: str = ""
     data: DataConfig = field(default_factory=DataConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     synth: SynthConfig = field(default_factory=SynthConfig)
@@ -247,3 +275,6 @@ class TrainConfig:
         for name in ("labels_csv", "template"):
             if getattr(data, name):
                 setattr(data, name, expand_path(getattr(data, name), base))
+        for name in ("init", "packed"):
+            if getattr(self, name):
+                setattr(self, name, expand_path(getattr(self, name), base))

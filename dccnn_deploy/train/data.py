@@ -32,12 +32,16 @@ from dccnn_deploy.preprocess.grid import Grid, model_grid, resample_to_grid
 from dccnn_deploy.preprocess.intensity import foreground_mask, normalise_intensity
 from dccnn_deploy.train.config import DataConfig, TrainConfig
 from dccnn_deploy.train.synth import (
+    HEAD_LABELS,
     Corruption,
+    add_head,
     corrupt,
     deform,
     fill_interior,
+    outside_distance,
     random_deformation,
     random_lookup,
+    random_shapes,
     synthesize,
 )
 
@@ -82,6 +86,7 @@ class SubjectFiles:
     name: str
     image: Path | None = None
     labels: Path | None = None
+    mask: Path | None = None
 
 
 def subject_names(paths: list[Path]) -> list[str]:
@@ -122,10 +127,12 @@ def image_subjects(cfg: DataConfig) -> list[SubjectFiles]:
         found = {im: labels_beside(im, cfg.labels_pattern) if cfg.labels_pattern else None for im in images}
         label_files = {lab for lab in found.values() if lab is not None}
         pairs = [(im, lab) for im, lab in found.items() if im not in label_files]
+    masks = {im: labels_beside(im, cfg.masks_pattern) if cfg.masks_pattern else None for im, _ in pairs}
+    pairs = [(im, lab) for im, lab in pairs if im not in set(masks.values())]
     if not pairs:
         raise InputError("no training images found (only label maps?)")
     names = subject_names([im for im, _ in pairs])
-    return [SubjectFiles(n, im, lab) for n, (im, lab) in zip(names, pairs)]
+    return [SubjectFiles(n, im, lab, masks[im]) for n, (im, lab) in zip(names, pairs)]
 
 
 def label_subjects(specs: list[str]) -> list[SubjectFiles]:
@@ -163,6 +170,7 @@ class Subject:
     name: str
     image: torch.Tensor | None
     labels: torch.Tensor | None
+    mask: torch.Tensor | None = None
 
 
 def pseudo_contrast(labels: np.ndarray) -> np.ndarray:
@@ -231,8 +239,12 @@ class Aligner:
             image = normalise_intensity(resample_to_grid(image.data, image.affine, self.grid, m, order=1))
         if labels is not None:
             labels = resample_to_grid(labels.data, labels.affine, self.grid, m, order=0).astype(np.float32)
+        mask = None
+        if files.mask is not None:
+            raw = load_volume(files.mask, "labels")
+            mask = (resample_to_grid(raw.data, raw.affine, self.grid, m, order=0) > 0).astype(np.float32)
         as_t = lambda a: None if a is None else torch.from_numpy(np.ascontiguousarray(a))[None, None]  # noqa: E731
-        return Subject(files.name, as_t(image), as_t(labels))
+        return Subject(files.name, as_t(image), as_t(labels), as_t(mask))
 
 
 @dataclass
@@ -275,12 +287,49 @@ class Pair:
     moving_labels: torch.Tensor | None
     fixed_labels: torch.Tensor | None
     name: str
+    same_contrast: bool = True
 
     def cropped(self, start: tuple[int, ...], shape: tuple[int, ...]) -> "Pair":
         """The window ``start : start + shape`` of every volume of the pair."""
         window = (..., *(slice(a, a + n) for a, n in zip(start, shape)))
         cut = lambda t: None if t is None else t[window]  # noqa: E731
-        return Pair(cut(self.moving), cut(self.fixed), cut(self.moving_labels), cut(self.fixed_labels), self.name)
+        return Pair(cut(self.moving), cut(self.fixed), cut(self.moving_labels), cut(self.fixed_labels), self.name,
+                    self.same_contrast)
+
+
+@dataclass
+class Batch:
+    """One training batch: images ``(B, 1, ...)``, one-hot label maps ``(B, K, ...)`` of the
+    labels drawn for the overlap loss (None when no pair is labelled), and which pairs share a
+    contrast ``(B,)``."""
+
+    moving: torch.Tensor
+    fixed: torch.Tensor
+    onehots: tuple[torch.Tensor, torch.Tensor] | None
+    same_contrast: torch.Tensor
+    names: list[str]
+
+
+def loss_labels(pairs: list[Pair], limit: int, rng: np.random.Generator, ignore: tuple[int, ...] = HEAD_LABELS
+                ) -> list[int]:
+    """Label values for the overlap loss: those in both maps of any pair (0 and ``ignore`` left
+    out), at most ``limit`` of them drawn at random (0: all)."""
+    common: set[int] = set()
+    for p in pairs:
+        if p.moving_labels is not None and p.fixed_labels is not None:
+            common |= set(torch.unique(p.moving_labels).long().tolist()) & set(
+                torch.unique(p.fixed_labels).long().tolist())
+    values = sorted(common - {0, *ignore})
+    if limit and len(values) > limit:
+        values = sorted(rng.choice(values, size=limit, replace=False).tolist())
+    return values
+
+
+def one_hot(labels: torch.Tensor | None, values: list[int], like: torch.Tensor) -> torch.Tensor:
+    """``(1, K, ...)`` indicator maps of ``values`` (zeros for an unlabelled image ``like``)."""
+    if labels is None:
+        return like.new_zeros((1, len(values), *like.shape[2:]))
+    return torch.cat([(labels == v).float() for v in values], dim=1)
 
 
 def random_window(grid: tuple[int, ...], shape: tuple[int, ...], rng: np.random.Generator) -> tuple[int, ...]:
@@ -304,6 +353,9 @@ class PairSampler:
         self.synth_corruption = Corruption(a.gamma_std, a.bias_std, a.bias_spacing, config.synth.blur_max, a.noise_max)
         labelled = [s.labels for p in (synth,) if p for s in p.train + p.val]
         self.max_label = int(max((float(t.max()) for t in labelled), default=0.0))
+        if config.synth.head_prob > 0:
+            self.max_label = max(self.max_label, *HEAD_LABELS)
+        self._distance: dict[str, torch.Tensor] = {}
         self._val: list[Pair] | None = None
 
     def state_dict(self) -> dict:
@@ -316,24 +368,43 @@ class PairSampler:
 
     def batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
         """Moving and fixed ``(B, 1, D, H, W)`` and the pair names for training step ``step``."""
+        b = self.labelled_batch(step)
+        return b.moving, b.fixed, b.names
+
+    def labelled_batch(self, step: int) -> Batch:
+        """The batch of training step ``step`` with its label maps and contrast flags."""
         rng, gen = _generators(self.config.seed, 0, self.rank, step)
         pairs = [self._training_pair(rng, gen) for _ in range(self.config.batch_size)]
         crop = self.config.crop_shape
         if crop:
             pairs = [p.cropped(random_window(tuple(p.moving.shape[2:]), crop, rng), crop) for p in pairs]
-        return torch.cat([p.moving for p in pairs]), torch.cat([p.fixed for p in pairs]), [p.name for p in pairs]
+        onehots = None
+        if self.config.loss.label_dice > 0:
+            values = loss_labels(pairs, self.config.loss.max_dice_labels, rng)
+            if values:
+                onehots = tuple(torch.cat([one_hot(getattr(p, f"{side}_labels"), values, p.moving) for p in pairs])
+                                for side in ("moving", "fixed"))
+        return Batch(torch.cat([p.moving for p in pairs]), torch.cat([p.fixed for p in pairs]), onehots,
+                     torch.tensor([float(p.same_contrast) for p in pairs]), [p.name for p in pairs])
 
     def _training_pair(self, rng: np.random.Generator, gen: torch.Generator) -> Pair:
-        """A synthetic pair with probability ``synth.fraction`` (always without real images), else a real one."""
+        """A synthetic pair with probability ``synth.fraction`` (always without real images), else a real one.
+        Synthetic pairs are painted from random shapes with probability ``synth.shapes_fraction``."""
         if self.synth is not None and (self.real is None or rng.random() < self.config.synth.fraction):
             a, b = rng.integers(len(self.synth.train), size=2)
+            if rng.random() < self.config.synth.shapes_fraction:
+                return self._shapes_pair(self.synth.train[a], rng, gen)
             return self._synth_pair(self.synth.train[a], self.synth.train[b], rng, gen)
         return self._real_pair(rng, gen)
 
     def _real_pair(self, rng: np.random.Generator, gen: torch.Generator) -> Pair:
         """Two different training subjects, each augmented, both flipped left-right at times."""
         a, b = (self.real.train[i] for i in rng.choice(len(self.real.train), size=2, replace=False))
-        moving, fixed = self._augmented(a.image, rng, gen), self._augmented(b.image, rng, gen)
+        moving, fixed = a.image, b.image
+        strip = self.config.augment.strip_prob
+        if strip > 0 and a.mask is not None and b.mask is not None and rng.random() < strip:
+            moving, fixed = moving * a.mask, fixed * b.mask
+        moving, fixed = self._augmented(moving, rng, gen), self._augmented(fixed, rng, gen)
         if rng.random() < self.config.augment.flip_prob:
             moving, fixed = moving.flip(2), fixed.flip(2)
         return Pair(moving, fixed, None, None, f"real:{a.name}->{b.name}")
@@ -347,13 +418,38 @@ class PairSampler:
         return image
 
     def _synth_pair(self, a: Subject, b: Subject, rng: np.random.Generator, gen: torch.Generator) -> Pair:
+        """Two images painted from ``a``'s and ``b``'s label maps (each a new random deformation),
+        with one shared or two independent contrasts, each with or without a head around it."""
+        return self._painted_pair((a, a.labels), (b, b.labels), f"synth:{a.name}->{b.name}", rng, gen)
+
+    def _shapes_pair(self, a: Subject, rng: np.random.Generator, gen: torch.Generator) -> Pair:
+        """Both images painted from one random-shape label map inside ``a``'s brain outline."""
+        s = self.config.synth
+        shapes = random_shapes(a.labels, s.shapes_count, s.shapes_spacing, gen)
+        return self._painted_pair((a, shapes), (a, shapes), f"shapes:{a.name}", rng, gen)
+
+    def _painted_pair(self, first: tuple[Subject, torch.Tensor], second: tuple[Subject, torch.Tensor], name: str,
+                      rng: np.random.Generator, gen: torch.Generator) -> Pair:
         s = self.config.synth
         lut = random_lookup(self.max_label, rng)
-        draw = lambda subj: synthesize(  # noqa: E731
-            subj.labels, lut, s.velocity_std, s.velocity_spacing, s.texture_std, self.synth_corruption, rng, gen
-        )
-        (ma, la), (fb, lb) = draw(a), draw(b)
-        return Pair(ma, fb, la, lb, f"synth:{a.name}->{b.name}")
+        independent = s.independent_contrast > 0 and rng.random() < s.independent_contrast
+        images = []
+        for subject, labels in (first, second):
+            if s.head_prob > 0 and rng.random() < s.head_prob:
+                labels = add_head(labels, self._outside(subject), rng)
+            images.append(synthesize(
+                labels, random_lookup(self.max_label, rng) if independent and images else lut,
+                s.velocity_std, s.velocity_spacing, s.texture_std, self.synth_corruption, rng, gen,
+                coarse_velocity=(s.coarse_velocity_std, s.coarse_velocity_spacing),
+            ))
+        (ma, la), (fb, lb) = images
+        return Pair(ma, fb, la, lb, name + (" (2 contrasts)" if independent else ""), not independent)
+
+    def _outside(self, subject: Subject) -> torch.Tensor:
+        """Distance (voxels) to ``subject``'s brain, computed once."""
+        if subject.name not in self._distance:
+            self._distance[subject.name] = torch.from_numpy(outside_distance(subject.labels.numpy()))
+        return self._distance[subject.name]
 
     def validation_pairs(self) -> list[Pair]:
         """Held-out pairs, built once: synthetic ones from held-out label maps, real ones among
@@ -391,7 +487,15 @@ class PairSampler:
 
 
 def build_sampler(config: TrainConfig, rank: int = 0) -> PairSampler:
-    """Discover, split and prepare the data a config names (``InputError`` on bad input)."""
+    """Discover, split and prepare the data a config names (``InputError`` on bad input), or
+    read it prepared from ``config.packed`` (:mod:`dccnn_deploy.train.pack`)."""
+    if config.packed:
+        from dccnn_deploy.train.pack import load_pack
+
+        real, synth, distances = load_pack(config.packed, config.grid_shape, config.spacing_mm)
+        sampler = PairSampler(config, real if config.uses_real else None, synth if config.synth.enabled else None, rank)
+        sampler._distance.update(distances)
+        return sampler
     real = synth = None
     if config.uses_real:
         real = build_pool(image_subjects(config.data), config.data.val_subjects, config, config.data.template)

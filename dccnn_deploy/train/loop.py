@@ -17,6 +17,7 @@ import math
 import random
 import time
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,8 +43,9 @@ from dccnn_deploy.ops.warp import warp_gridsample
 from dccnn_deploy.train import distributed
 from dccnn_deploy.train.config import TrainConfig
 from dccnn_deploy.train.data import Pair, PairSampler, build_sampler
+from dccnn_deploy.train.synth import HEAD_LABELS
 
-LOSS_TERMS = ("similarity", "jacobian", "smooth", "cycle", "control")
+LOSS_TERMS = ("similarity", "jacobian", "smooth", "cycle", "control", "label_dice")
 VAL_TERMS = ("dice", "ncc", "folding_percent", "inverse_consistency", "score")
 LOG_FIELDS = ("step", "kind", "loss", *LOSS_TERMS, "lr", "seconds", *VAL_TERMS, "pairs")
 
@@ -190,6 +192,25 @@ def _progress(enabled: bool) -> Progress:
 # ---------------------------------------------------------------------------- the run
 
 
+class BatchPrefetcher:
+    """Draws the batch of the next step in a background thread while this one trains (torch
+    releases the GIL). Batches are a function of the step, so results do not change."""
+
+    def __init__(self, sampler: PairSampler):
+        self.sampler = sampler
+        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="batches")
+        self.pending: dict[int, Future] = {}
+
+    def get(self, step: int):
+        future = self.pending.pop(step, None)
+        batch = future.result() if future is not None else self.sampler.labelled_batch(step)
+        self.pending = {step + 1: self.pool.submit(self.sampler.labelled_batch, step + 1)}
+        return batch
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True, cancel_futures=True)
+
+
 class _Run:
     """State of one training process (model, optimizer, sampler, outputs)."""
 
@@ -204,6 +225,13 @@ class _Run:
         self.loss = DCCNNLoss(config.loss, divisor=config.model.divisor)
         self.sampler: PairSampler = build_sampler(config, self.info.rank)
         self.step, self.best, self.last_val = 0, None, {}
+
+    def warm_start(self, path: Path) -> None:
+        """Start from the weights of another checkpoint (same model config), step 0."""
+        ckpt = read_checkpoint(path)
+        if ModelConfig.from_dict(ckpt["model_config"]) != self.config.model:
+            raise ValueError(f"{path}: the checkpoint's model config differs from the training config")
+        self.net.load_state_dict(ckpt["state_dict"])
 
     def resume(self, path: Path) -> None:
         """Restore weights, optimizer, scaler, step, best score, RNG and sampler states."""
@@ -236,15 +264,16 @@ class _Run:
             best_score=self.best,
         )
 
-    def train_step(self, model: torch.nn.Module) -> dict[str, Any]:
+    def train_step(self, model: torch.nn.Module, prefetch: "BatchPrefetcher | None" = None) -> dict[str, Any]:
         """One optimizer step on this rank's batch; returns the log row (losses averaged over ranks)."""
         start = time.perf_counter()
         self.step += 1
-        moving, fixed, names = self.sampler.batch(self.step)
-        moving, fixed = moving.to(self.device), fixed.to(self.device)
+        batch = prefetch.get(self.step) if prefetch is not None else self.sampler.labelled_batch(self.step)
+        moving, fixed, names = batch.moving.to(self.device), batch.fixed.to(self.device), batch.names
+        onehots = None if batch.onehots is None else tuple(t.to(self.device) for t in batch.onehots)
         with _autocast(self.device, self.config.amp):
             out = model(moving, fixed, trace=True)
-        total, terms = self.loss(_as_float(out), moving, fixed)
+        total, terms = self.loss(_as_float(out), moving, fixed, onehots, batch.same_contrast.to(self.device))
         if not math.isfinite(float(total.detach())):
             raise FloatingPointError(f"non-finite loss at step {self.step} (pairs {names})")
         self.optimizer.zero_grad(set_to_none=True)
@@ -257,7 +286,7 @@ class _Run:
 
     def validate(self) -> dict[str, Any] | None:
         """Validation row of the current weights (None without validation pairs)."""
-        ignore = (self.config.synth.interior_label,) if self.config.synth.interior_label else ()
+        ignore = ((self.config.synth.interior_label,) if self.config.synth.interior_label else ()) + HEAD_LABELS
         self.last_val = validate(self.net, self.sampler.validation_pairs(), self.device, self.config.amp, ignore)
         return {"step": self.step, "kind": "val", **self.last_val} if self.last_val else None
 
@@ -268,12 +297,14 @@ def train(
     resume: str | Path | None = None,
     device: str | torch.device = "cpu",
     progress: bool = True,
+    time_limit_s: float | None = None,
 ) -> TrainResult:
     """Train DCCNN-LSTM-Reg as ``config`` says, writing ``last.pt``, ``best.pt``, ``log.csv``.
 
     ``resume``: a ``last.pt`` to continue from exactly (weights, optimizer, step, RNG and
     sampler states; the config's ``lr`` and ``iterations`` apply). Without it ``out_dir`` must
-    not hold a previous run. Under torchrun every rank trains on its own pairs (DDP), and rank 0
+    not hold a previous run. ``time_limit_s``: stop after the step that passes this wall time
+    (then validate and write ``last.pt`` as at the last step; resume continues). Under torchrun every rank trains on its own pairs (DDP), and rank 0
     alone validates, writes and shows progress. Raises ``InputError`` / ``ValueError`` on bad
     data or config, ``OutputExistsError`` when ``out_dir`` holds a run and ``resume`` is None.
     """
@@ -289,7 +320,10 @@ def train(
         run = _Run(config, out_dir, info)
         if resume is not None:
             run.resume(Path(resume))
-        result = _loop(run, distributed.wrap(run.net, info), resume is not None, progress)
+        elif config.init:
+            run.warm_start(Path(config.init))
+        deadline = None if time_limit_s is None else time.monotonic() + time_limit_s
+        result = _loop(run, distributed.wrap(run.net, info), resume is not None, progress, deadline)
         finished = True
         return result
     finally:
@@ -297,8 +331,20 @@ def train(
         torch.set_num_threads(threads)
 
 
-def _loop(run: _Run, model: torch.nn.Module, resumed: bool, progress: bool) -> TrainResult:
-    """Steps from ``run.step`` to ``iterations``; rank 0 logs, validates and checkpoints."""
+def _out_of_time(deadline: float | None, info: distributed.DistInfo) -> bool:
+    """Whether the wall-time limit has passed (rank 0 decides for every rank)."""
+    if deadline is None:
+        return False
+    late = torch.tensor([float(time.monotonic() > deadline)])
+    if info.enabled:
+        late = late.to(info.device)
+        torch.distributed.broadcast(late, src=0)
+    return bool(late.item())
+
+
+def _loop(run: _Run, model: torch.nn.Module, resumed: bool, progress: bool, deadline: float | None = None
+          ) -> TrainResult:
+    """Steps from ``run.step`` to ``iterations`` (or the deadline); rank 0 logs, validates and checkpoints."""
     info, config = run.info, run.config
     result = TrainResult(run.step, run.best, None, None, run.net)
     with contextlib.ExitStack() as stack:
@@ -310,29 +356,44 @@ def _loop(run: _Run, model: torch.nn.Module, resumed: bool, progress: bool) -> T
         bar = stack.enter_context(_progress(progress and info.is_main))
         task = bar.add_task("train", total=config.iterations, completed=run.step, status="")
         say = bar.console.print if progress else None
+        if info.is_main and not resumed and config.init and run.step < config.iterations:
+            _log_validation(run, run.validate(), log, result, say)  # the warm start's score: step 0
+        prefetch = BatchPrefetcher(run.sampler)
+        stack.callback(prefetch.close)
         while run.step < config.iterations:
-            row = run.train_step(model)
+            row = run.train_step(model, prefetch)
             result.history.append(row)
             bar.update(task, advance=1, status=f"loss {row['loss']:.4f}")
+            stop = _out_of_time(deadline, info)
             if info.is_main:
-                _after_step(run, row, log, result, say)
+                _after_step(run, row, log, result, say, final=stop)
+            if stop:
+                break
     result.step, result.best_score = run.step, run.best
     return result
 
 
-def _after_step(run: _Run, row: dict[str, Any], log: CsvLog, result: TrainResult, say: Callable | None) -> None:
-    """Rank 0: log the step, validate and checkpoint when due."""
+def _log_validation(run: _Run, val: dict[str, Any] | None, log: CsvLog, result: TrainResult,
+                    say: Callable | None) -> None:
+    """Log a validation row; a new best score writes ``best.pt``."""
+    if val is None:
+        return
+    log.write(val)
+    result.validation.append(val)
+    if say is not None:
+        say(f"step {run.step} validation: " + ", ".join(f"{k} {v:.4f}" for k, v in run.last_val.items()))
+    if run.best is None or val["score"] > run.best:
+        run.best = val["score"]
+        result.best = run.save("best.pt")
+
+
+def _after_step(run: _Run, row: dict[str, Any], log: CsvLog, result: TrainResult, say: Callable | None,
+                final: bool = False) -> None:
+    """Rank 0: log the step, validate and checkpoint when due (always at the last step)."""
     cfg, step = run.config, run.step
     log.write(row)
-    final = step == cfg.iterations
-    val = run.validate() if step % cfg.val_every == 0 or final else None
-    if val is not None:
-        log.write(val)
-        result.validation.append(val)
-        if say is not None:
-            say(f"step {step} validation: " + ", ".join(f"{k} {v:.4f}" for k, v in run.last_val.items()))
-        if run.best is None or val["score"] > run.best:
-            run.best = val["score"]
-            result.best = run.save("best.pt")
+    final = final or step == cfg.iterations
+    if step % cfg.val_every == 0 or final:
+        _log_validation(run, run.validate(), log, result, say)
     if step % cfg.checkpoint_every == 0 or final:
         result.last = run.save("last.pt")

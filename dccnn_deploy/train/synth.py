@@ -8,8 +8,11 @@ float32 tensors holding integer values (exact below 2**24) so the package's warp
 Recipe (Hoffmann et al., SynthMorph): each draw deforms the label map by a new random smooth
 diffeomorphism (a stationary velocity field at coarse control points, upsampled, integrated
 by scaling and squaring), so every image is a new anatomy; a pair shares one random intensity
-per label (the similarity loss is NCC, which needs one contrast per pair), and each image then
-gets its own texture, blur, bias field, noise and gamma.
+per label (the similarity loss is NCC, which needs one contrast per pair) or, for
+contrast-invariance, each image gets its own (trained by the label-overlap loss alone); each
+image then gets its own texture, blur, bias field, noise and gamma. Extra-cerebral shells
+(CSF, skull, scalp: :func:`add_head`) give a with-skull appearance, and :func:`random_shapes`
+makes label maps of random shapes (SynthMorph's shape-only training) for anatomical variety.
 """
 
 from __future__ import annotations
@@ -19,7 +22,6 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
-from scipy import ndimage
 
 from dccnn_deploy.ops.integrate import exp_velocity
 from dccnn_deploy.ops.smoothing import gaussian_smooth
@@ -46,6 +48,8 @@ def fill_interior(labels: np.ndarray, value: int, radius: int = 3) -> np.ndarray
     The hull is the labelled foreground closed by a ball of ``radius`` voxels (bridging sulci),
     holes filled. Used for maps that label only grey matter, so white matter gets a contrast.
     """
+    from scipy import ndimage  # only where label maps are prepared (not in a packed run)
+
     ball = ndimage.generate_binary_structure(3, 1)
     ball = ndimage.iterate_structure(ball, radius)
     fg = labels > 0
@@ -67,6 +71,46 @@ def random_deformation(
     """A random diffeomorphic displacement ``(1, 3, *shape)`` (voxels): ``exp(v)`` of a smooth
     velocity whose control-point values have std ``std`` voxels."""
     return exp_velocity(std * smooth_noise(shape, 3, spacing, gen), steps=steps)
+
+
+def multiscale_deformation(
+    shape: tuple[int, int, int], components: list[tuple[float, int]], gen: torch.Generator, steps: int = 7
+) -> torch.Tensor:
+    """``exp(v)`` of a sum of smooth velocities, one ``(std, spacing)`` per component (voxels):
+    fine local changes and coarse, larger ones (e.g. ventricle or lobe size) in one diffeomorphism."""
+    velocity = sum(std * smooth_noise(shape, 3, spacing, gen) for std, spacing in components if std > 0)
+    if not torch.is_tensor(velocity):
+        return torch.zeros((1, 3, *shape))
+    return exp_velocity(velocity, steps=steps)
+
+
+HEAD_LABELS = (2001, 2002, 2003)  # extra-cerebral CSF, skull, scalp (left out of the label loss)
+
+
+def outside_distance(labels: np.ndarray) -> np.ndarray:
+    """Euclidean distance (voxels) of every voxel to the labelled brain (0 inside it)."""
+    from scipy import ndimage
+
+    return ndimage.distance_transform_edt(labels <= 0).astype(np.float32)
+
+
+def add_head(labels: torch.Tensor, distance: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
+    """``labels`` with shells of random thickness around the brain: CSF (1-2.5 voxels), skull
+    (1.5-3.5), scalp (1.5-4), labelled :data:`HEAD_LABELS`: a head with skull from a brain map."""
+    edges = np.cumsum([rng.uniform(1.0, 2.5), rng.uniform(1.5, 3.5), rng.uniform(1.5, 4.0)])
+    out = labels.clone()
+    lower = 0.0
+    for value, upper in zip(HEAD_LABELS, edges):
+        out[(distance > lower) & (distance <= upper)] = float(value)
+        lower = upper
+    return out
+
+
+def random_shapes(mask: torch.Tensor, count: int, spacing: int, gen: torch.Generator) -> torch.Tensor:
+    """A label map of ``count`` random smooth shapes (labels 1..count) filling ``mask``
+    ``(1, 1, ...)`` (argmax of smooth noise channels: SynthMorph's shape-only maps)."""
+    noise = smooth_noise(tuple(mask.shape[2:]), count, spacing, gen)
+    return (noise.argmax(dim=1, keepdim=True) + 1).float() * (mask > 0)
 
 
 def deform(volume: torch.Tensor, displacement: torch.Tensor, labels: bool = False) -> torch.Tensor:
@@ -111,12 +155,16 @@ def synthesize(
     corruption: Corruption,
     rng: np.random.Generator,
     gen: torch.Generator,
+    coarse_velocity: tuple[float, int] = (0.0, 1),
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One synthetic ``(image, labels)``, both ``(1, 1, D, H, W)``, from a label map on the grid.
 
-    The deformation amplitude is drawn from U(0, ``velocity_std``) so pairs range from nearly
-    the same anatomy to very different ones. The returned labels are a subset of the input's.
+    The deformation amplitude is drawn from U(0, ``velocity_std``) (and U(0, coarse std) for the
+    optional ``coarse_velocity = (std, spacing)`` component) so pairs range from nearly the same
+    anatomy to very different ones. The returned labels are a subset of the input's.
     """
-    std = rng.uniform(0.0, velocity_std)
-    new_labels = deform(labels, random_deformation(labels.shape[2:], std, velocity_spacing, gen), labels=True)
+    components = [(rng.uniform(0.0, velocity_std), velocity_spacing)]
+    if coarse_velocity[0] > 0:
+        components.append((rng.uniform(0.0, coarse_velocity[0]), coarse_velocity[1]))
+    new_labels = deform(labels, multiscale_deformation(tuple(labels.shape[2:]), components, gen), labels=True)
     return corrupt(paint(new_labels, lut, texture_std, gen), corruption, rng, gen), new_labels
