@@ -16,6 +16,7 @@ __version__ = "0.1.0"
 #: public name -> module that defines it (imported on first use)
 _LAZY = {
     "register": "dccnn_deploy.api",
+    "open_model": "dccnn_deploy.api",
     "RegistrationResult": "dccnn_deploy.registration.result",
     "sample_pair": "dccnn_deploy.sample",
     "default_model_path": "dccnn_deploy.models",
@@ -30,7 +31,7 @@ _LAZY = {
 __all__ = ["__version__", *_LAZY]
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs
-    from dccnn_deploy.api import register
+    from dccnn_deploy.api import open_model, register
     from dccnn_deploy.config import LossWeights, ModelConfig
     from dccnn_deploy.io.errors import InputError, OutputExistsError
     from dccnn_deploy.model import DCCNNLSTMReg, RegistrationOutput

@@ -12,11 +12,23 @@ import os
 from typing import Callable
 
 from dccnn_deploy.checkpoint import DEFAULT_GRID, DEFAULT_SPACING_MM
-from dccnn_deploy.models import resolve_model
+from dccnn_deploy.io import InputError
+from dccnn_deploy.models import resolve_backend, resolve_model
 from dccnn_deploy.registration.inputs import ImageLike
 from dccnn_deploy.registration.pipeline import RegisterOptions, run
 from dccnn_deploy.registration.result import RegistrationResult
-from dccnn_deploy.runtime.loading import Network
+from dccnn_deploy.runtime.loading import Network, open_network
+
+
+def open_model(model: str | os.PathLike | None = None, backend: str | None = None, device: str = "cpu") -> Network:
+    """Open a model once to register many pairs: ``register(m, f, model=open_model())``.
+
+    ``model`` None: the shipped default; ``backend`` None: from the file's kind.
+    """
+    path = resolve_model(model)
+    if path is None:
+        raise InputError("no model: none ships with this install; pass a .pt, .onnx or .engine path")
+    return open_network(path, resolve_backend(path, backend), device)
 
 
 def register(

@@ -55,7 +55,8 @@ def test_save_writes_every_output_as_the_attributes_hold_them(result, saved):
 
 def test_inputs_as_nibabel_image_or_array_give_the_same_result(study, result):
     moving, fixed = nib.load(str(study["moving"])), nib.load(str(study["fixed"]))
-    from_images = dd.register(moving, (np.asarray(fixed.dataobj), fixed.affine), model=study["model"])
+    network = dd.open_model(study["model"])  # opened once, usable for many pairs
+    from_images = dd.register(moving, (np.asarray(fixed.dataobj), fixed.affine), model=network)
     assert np.allclose(_data(from_images.moved), _data(result.moved), atol=1e-5)
     assert from_images.metrics["fixed"] == "<fixed array>"
 

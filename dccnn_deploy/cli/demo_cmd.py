@@ -24,7 +24,7 @@ def demo(
     from dccnn_deploy.models import default_model_path
 
     with user_errors():
-        say = (lambda _m: None) if quiet or as_json else console.print
+        say = (lambda _m: None) if quiet or as_json else (lambda m: console.print(m, soft_wrap=True, highlight=False))
         iterations = refine
         if default_model_path() is None and refine < 0:
             say(f"no trained default model in this install: refining from the identity ({FALLBACK_REFINE} iterations)")
