@@ -31,6 +31,8 @@ def warp_points(warp: Path, reference: Optional[Path]) -> "tuple[torch.Tensor, n
     from dccnn_deploy.preprocess.grid import Grid
     from dccnn_deploy.transform import Registration
 
+    if warp.name.lower().endswith(".h5"):
+        return composite_points(warp, reference)
     if warp.name.endswith((".mat", ".txt", ".tfm")):
         if reference is None:
             fail(f"{warp}: an affine transform needs --reference (the output grid)")
@@ -41,6 +43,36 @@ def warp_points(warp: Path, reference: Optional[Path]) -> "tuple[torch.Tensor, n
     grid = Grid(disp.shape[:3], affine)
     base = Registration(affine=np.eye(4), grid=grid).forward_points(grid)
     return base + torch.from_numpy(np.ascontiguousarray(disp.transpose(3, 0, 1, 2)))[None].float(), affine
+
+
+def composite_points(path: Path, reference: Optional[Path]) -> "tuple[torch.Tensor, np.ndarray]":
+    """World points of an ITK composite (``.h5``) on the reference grid (default: the grid of the
+    field applied first). Fields displace by zero outside their grid, as in ITK."""
+    import numpy as np
+    import torch
+
+    from dccnn_deploy.io import load_itk_composite, load_volume
+    from dccnn_deploy.preprocess.grid import Grid
+    from dccnn_deploy.transform import Registration, sample_at
+    from dccnn_deploy.transform import _apply as apply_matrix  # the one 4x4-on-points
+
+    steps = load_itk_composite(path)
+    if reference is not None:
+        ref = load_volume(reference)
+        grid = Grid(ref.shape, ref.affine)
+    elif isinstance(steps[-1], tuple):
+        grid = Grid(steps[-1][0].shape[:3], steps[-1][1])
+    else:
+        fail(f"{path}: a transform that starts with an affine needs --reference (the output grid)")
+    points = Registration(affine=np.eye(4), grid=grid).forward_points(grid)
+    for step in reversed(steps):  # ITK applies the last transform first
+        if isinstance(step, tuple):
+            disp, affine = step
+            moved = np.stack([sample_at(disp[..., k], affine, points) for k in range(3)])
+            points = points + torch.from_numpy(moved)[None]
+        else:
+            points = apply_matrix(step, points)
+    return points, grid.affine
 
 
 def output_paths(inputs: list[Path], out: Path) -> list[Path]:
@@ -55,7 +87,7 @@ def output_paths(inputs: list[Path], out: Path) -> list[Path]:
 
 
 def apply(
-    warp: Path = typer.Argument(..., help="fwd_warp.nii.gz / inv_warp.nii.gz, or affine.mat/.txt."),
+    warp: Path = typer.Argument(..., help="fwd_warp.nii.gz / inv_warp.nii.gz, fwd_transform.h5 / inv_transform.h5, or affine.mat/.txt."),
     images: List[Path] = typer.Argument(..., help="Images (or label maps) to resample, one or more."),
     out: Path = typer.Option(..., "-o", "--out", help="Output NIfTI (one input) or output folder."),
     labels: bool = typer.Option(False, "--labels", help="Every input is a label map (nearest neighbour)."),

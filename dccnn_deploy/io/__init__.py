@@ -11,6 +11,7 @@ from dccnn_deploy.io.nifti import save_image, save_volume, volume_image
 from dccnn_deploy.io.itk_transforms import (
     load_itk_affine,
     itk_displacement_image,
+    load_itk_composite,
     load_itk_displacement,
     save_itk_affine,
     save_itk_composite,
@@ -32,6 +33,7 @@ __all__ = [
     "volume_image",
     "itk_displacement_image",
     "save_itk_composite",
+    "load_itk_composite",
     "load_itk_affine",
     "load_itk_displacement",
     "save_itk_affine",

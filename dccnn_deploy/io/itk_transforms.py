@@ -276,3 +276,56 @@ def save_itk_composite(path: str | os.PathLike, steps: Sequence[CompositeStep], 
                 g.create_dataset("TransformFixedParameters", data=fixed.astype(np.float64))
 
     return atomic_write(path, write, overwrite)
+
+
+_FIELD_TYPES = ("DisplacementFieldTransform_float_3_3", "DisplacementFieldTransform_double_3_3")
+
+
+def _ras_grid_affine(fixed: np.ndarray) -> tuple[tuple[int, int, int], np.ndarray]:
+    """Inverse of :func:`_itk_grid_parameters`: 18 ITK values -> (shape, NIfTI RAS affine)."""
+    shape = tuple(int(round(v)) for v in fixed[:3])
+    lps = np.eye(4)
+    lps[:3, :3] = fixed[9:18].reshape(3, 3) * fixed[6:9]
+    lps[:3, 3] = fixed[3:6]
+    return shape, _FLIP4 @ lps
+
+
+def load_itk_composite(path: str | os.PathLike) -> list[CompositeStep]:
+    """Read an ITK HDF5 transform (a composite of affines and displacement fields, or one of them).
+
+    Returns the steps in ITK's queue order (the last is applied first), in the form
+    :func:`save_itk_composite` takes. Other transform types raise :class:`InputError`.
+    """
+    import h5py
+
+    p = Path(path)
+    if not p.is_file():
+        raise InputError.at(p, "no such file")
+    try:
+        f = h5py.File(p, "r")
+    except OSError as exc:
+        raise InputError.at(p, f"not an HDF5 transform file ({exc})") from None
+    with f:
+        if "TransformGroup" not in f:
+            raise InputError.at(p, "no TransformGroup: not an ITK HDF5 transform")
+        group = f["TransformGroup"]
+        keys = sorted(group, key=int)
+        kinds = [group[k]["TransformType"][0].decode() for k in keys]
+        if kinds and kinds[0].startswith("CompositeTransform"):
+            keys, kinds = keys[1:], kinds[1:]
+        steps: list[CompositeStep] = []
+        for key, kind in zip(keys, kinds):
+            g = group[key]
+            params, fixed = np.asarray(g["TransformParameters"][()]), np.asarray(g["TransformFixedParameters"][()])
+            if kind in _AFFINE_TYPES:
+                steps.append(_itk_params_to_ras(_checked(params, 12, "parameters", p), _checked(fixed, 3, "fixed parameters", p)))
+            elif kind in _FIELD_TYPES:
+                shape, affine = _ras_grid_affine(_checked(fixed, 18, "fixed parameters", p))
+                vectors = _checked(params, int(np.prod(shape)) * 3, "field parameters", p)
+                disp = vectors.reshape(shape[2], shape[1], shape[0], 3).transpose(2, 1, 0, 3)
+                steps.append((_flip_ras_lps(disp).astype(np.float32), affine))
+            else:
+                raise InputError.at(p, f"unsupported transform {kind!r} (affines and displacement fields only)")
+    if not steps:
+        raise InputError.at(p, "no transform in the file")
+    return steps

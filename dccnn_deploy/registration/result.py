@@ -25,13 +25,7 @@ from dccnn_deploy.registration.outputs import StagedOutputs, output_files, selec
 from dccnn_deploy.registration.prepare import PreparedPair
 from dccnn_deploy.registration.quality import field_metrics, image_metrics, label_metrics
 from dccnn_deploy.transform import Registration, map_jacobian, sample_at, world_displacement
-
-
-def _apply_matrix(matrix: np.ndarray, points: torch.Tensor) -> torch.Tensor:
-    """World ``points`` ``(1, 3, ...)`` through a 4x4 ``matrix``."""
-    m = torch.as_tensor(np.asarray(matrix), dtype=torch.float64)
-    out = torch.einsum("ij,bj...->bi...", m[:3, :3], points.double())
-    return (out + m[:3, 3].view(1, 3, *([1] * (points.dim() - 2)))).float()
+from dccnn_deploy.transform import _apply as apply_matrix  # the one 4x4-on-points
 
 
 class RegistrationResult:
@@ -139,7 +133,7 @@ class RegistrationResult:
         """
         matrix = self.transform.affine
         if direction == "fwd":
-            deformable = _apply_matrix(np.linalg.inv(matrix), self._fwd_points)  # M^-1 o T
+            deformable = apply_matrix(np.linalg.inv(matrix), self._fwd_points)  # M^-1 o T
             return [matrix, (world_displacement(deformable, self.fixed_grid), self.fixed.affine)]
         if direction == "inv":
             inverse_only = Registration(affine=np.eye(4), grid=self.transform.grid, inverse=self.transform.inverse)
