@@ -11,9 +11,9 @@ from __future__ import annotations
 import os
 from typing import Callable
 
-from dccnn_deploy.checkpoint import DEFAULT_GRID, DEFAULT_SPACING_MM
 from dccnn_deploy.io import InputError
 from dccnn_deploy.models import resolve_backend, resolve_model
+from dccnn_deploy.preprocess.settings import DEFAULT_GRID, DEFAULT_SPACING_MM
 from dccnn_deploy.registration.inputs import ImageLike
 from dccnn_deploy.registration.pipeline import RegisterOptions, run
 from dccnn_deploy.registration.result import RegistrationResult

@@ -255,3 +255,29 @@ def test_composite_round_trip_and_dccnn_apply_with_h5(study, result, saved, tmp_
     ours, theirs = _data(nib.load(str(back))), _data(result.inverse_moved)
     inner = (slice(4, -4),) * 3
     assert np.corrcoef(ours[inner].ravel(), theirs[inner].ravel())[0, 1] > 0.99
+
+
+def test_preprocess_settings_from_every_kind_of_metadata():
+    from dccnn_deploy.preprocess.settings import PreprocessSettings
+
+    checkpoint = {"grid_shape": [32, 40, 48], "spacing_mm": 3.0, "normalisation": {"method": "percentile", "lower": 1.0, "upper": 99.0}}
+    onnx = {"grid_shape": "32,40,48", "spacing": "3.0,3.0,3.0", "normalisation": str(checkpoint["normalisation"])}
+    want = PreprocessSettings((32, 40, 48), 3.0, 1.0, 99.0)
+    assert PreprocessSettings.from_metadata(checkpoint) == want == PreprocessSettings.from_metadata(onnx)
+    assert PreprocessSettings.from_metadata({"grid_shape": "8,8,8", "spacing": "unknown"}).spacing_mm == 2.0
+    for bad in ({}, {"grid_shape": "8,8"}, {"grid_shape": "8,8,8", "normalisation": {"method": "zscore"}}):
+        with pytest.raises(InputError, match="m.onnx"):
+            PreprocessSettings.from_metadata(bad, "m.onnx")
+
+
+def test_checkpoint_normalisation_reaches_the_pipeline(study, tmp_path):
+    """The percentiles in a checkpoint's metadata are the ones registration uses."""
+    from dccnn_deploy.checkpoint import read_checkpoint
+    import torch
+
+    payload = read_checkpoint(study["model"])
+    payload["metadata"] = {**payload["metadata"], "normalisation": {"method": "percentile", "lower": 20.0, "upper": 60.0}}
+    torch.save(payload, tmp_path / "clipped.pt")
+    default = dd.register(study["moving"], study["fixed"], model=study["model"], affine=False)
+    clipped = dd.register(study["moving"], study["fixed"], model=tmp_path / "clipped.pt", affine=False)
+    assert (clipped.prepared.fixed_g == 1.0).mean() > (default.prepared.fixed_g == 1.0).mean() + 0.05

@@ -25,10 +25,10 @@ import numpy as np
 import torch
 
 from dccnn_deploy import __version__
-from dccnn_deploy.checkpoint import DEFAULT_GRID, DEFAULT_SPACING_MM
 from dccnn_deploy.io import InputError, check_outputs_free
 from dccnn_deploy.models import resolve_backend
 from dccnn_deploy.preprocess.affine import register_affine
+from dccnn_deploy.preprocess.settings import DEFAULT_GRID, DEFAULT_SPACING_MM, PreprocessSettings
 from dccnn_deploy.registration.inputs import ImageLike, to_volume
 from dccnn_deploy.registration.outputs import output_files, select_outputs
 from dccnn_deploy.registration.prepare import PreparedPair, prepare_pair
@@ -134,8 +134,7 @@ def run(moving: ImageLike, fixed: ImageLike, opts: RegisterOptions | None = None
     if opts.model is not None:
         say("loading the model")
     network = stages.run("load_model", _open, opts) if opts.model is not None else None
-    shape = network.grid_shape if network else tuple(opts.grid_shape)
-    spacing = network.spacing_mm if network else opts.spacing_mm
+    settings = network.settings if network else PreprocessSettings(tuple(opts.grid_shape), float(opts.spacing_mm))
 
     say("affine pre-alignment")
     if opts.affine:
@@ -146,7 +145,7 @@ def run(moving: ImageLike, fixed: ImageLike, opts: RegisterOptions | None = None
         matrix, affine_info = np.eye(4), {"skipped": True}
 
     say("resampling to the model grid")
-    prepared = stages.run("resample", prepare_pair, moving_v, fixed_v, matrix, shape, spacing)
+    prepared = stages.run("resample", prepare_pair, moving_v, fixed_v, matrix, settings)
     say(f"network ({network.backend.name})" if network else "no network: refinement from the identity")
     fwd, inv = stages.run("network", _network_fields, network, prepared.moving_g, prepared.fixed_g)
     if opts.refine > 0:
@@ -162,7 +161,7 @@ def run(moving: ImageLike, fixed: ImageLike, opts: RegisterOptions | None = None
         "backend": network.backend.name if network else None,
         "device": opts.device,
         "refine_iterations": opts.refine,
-        "grid": {"shape": list(shape), "spacing_mm": spacing},
+        "grid": {"shape": list(settings.grid_shape), "spacing_mm": settings.spacing_mm},
         "affine": affine_info,
     }
     seconds = {**stages.seconds, "compute": round(time.perf_counter() - start, 3)}

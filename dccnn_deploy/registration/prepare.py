@@ -10,6 +10,7 @@ from dccnn_deploy.io import Volume
 from dccnn_deploy.preprocess.affine import centre_of_mass
 from dccnn_deploy.preprocess.grid import Grid, model_grid, resample_to_grid
 from dccnn_deploy.preprocess.intensity import foreground_mask, normalise_intensity
+from dccnn_deploy.preprocess.settings import PreprocessSettings
 
 
 @dataclass
@@ -27,11 +28,14 @@ class PreparedPair:
     unaligned_g: np.ndarray
 
 
-def prepare_pair(moving: Volume, fixed: Volume, matrix: np.ndarray, shape, spacing_mm: float) -> PreparedPair:
-    """Normalise each image once, place the RAS model grid on the fixed image's foreground centre
-    of mass and resample both onto it (the moving image through ``matrix``)."""
-    fixed_n, moving_n = normalise_intensity(fixed.data), normalise_intensity(moving.data)
-    grid = model_grid(tuple(shape), spacing_mm, centre_of_mass(fixed_n * foreground_mask(fixed_n), fixed.affine))
+def prepare_pair(moving: Volume, fixed: Volume, matrix: np.ndarray, settings: PreprocessSettings) -> PreparedPair:
+    """Normalise each image once (``settings``' percentiles), place the RAS model grid
+    (``settings``' shape and spacing) on the fixed image's foreground centre of mass and resample
+    both onto it (the moving image through ``matrix``)."""
+    lo, hi = settings.lower_percentile, settings.upper_percentile
+    fixed_n, moving_n = normalise_intensity(fixed.data, lower=lo, upper=hi), normalise_intensity(moving.data, lower=lo, upper=hi)
+    centre = centre_of_mass(fixed_n * foreground_mask(fixed_n), fixed.affine)
+    grid = model_grid(tuple(settings.grid_shape), settings.spacing_mm, centre)
     return PreparedPair(
         grid=grid,
         matrix=matrix,
