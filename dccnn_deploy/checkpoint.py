@@ -26,10 +26,9 @@ from dccnn_deploy.config import ModelConfig
 from dccnn_deploy.io.atomic import atomic_write
 from dccnn_deploy.io.errors import InputError
 from dccnn_deploy.model import DCCNNLSTMReg
+from dccnn_deploy.preprocess.settings import DEFAULT_GRID, DEFAULT_PERCENTILES, DEFAULT_SPACING_MM, PreprocessSettings
 
 FORMAT = "dccnn-deploy/1"
-DEFAULT_GRID = (80, 96, 112)
-DEFAULT_SPACING_MM = 2.0
 
 
 @dataclass
@@ -42,6 +41,11 @@ class ModelBundle:
     metadata: dict[str, Any] = field(default_factory=dict)
     path: str | None = None
     sha256: str | None = None
+
+    @property
+    def settings(self) -> PreprocessSettings:
+        """Grid and normalisation the network expects (from the checkpoint's metadata)."""
+        return PreprocessSettings.from_metadata(self.metadata, self.path or "checkpoint")
 
 
 def file_sha256(path: str | os.PathLike) -> str:
@@ -56,7 +60,7 @@ def default_metadata(grid_shape=DEFAULT_GRID, spacing_mm: float = DEFAULT_SPACIN
     return {
         "grid_shape": [int(n) for n in grid_shape],
         "spacing_mm": float(spacing_mm),
-        "normalisation": {"method": "percentile", "lower": 0.5, "upper": 99.5},
+        "normalisation": {"method": "percentile", "lower": DEFAULT_PERCENTILES[0], "upper": DEFAULT_PERCENTILES[1]},
         "code_version": __version__,
     }
 

@@ -25,7 +25,7 @@ needs_brains = pytest.mark.skipif(
 
 @pytest.fixture(autouse=True)
 def _refine_only(monkeypatch):
-    monkeypatch.setattr("dccnn_deploy.cli.register_cmd.default_model_path", lambda: None)
+    monkeypatch.setattr("dccnn_deploy.models.default_model_path", lambda: None)
 
 
 def test_demo_registers_the_bundled_pair(tmp_path):

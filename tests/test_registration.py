@@ -154,7 +154,7 @@ def test_bad_moving_image_one_line_error_no_outputs(study, tmp_path, case):
     out = tmp_path / "out"
     res = runner.invoke(app, ["register", str(bad), str(study["fixed"]), "-o", str(out), "--model", str(study["model"])])
     assert res.exit_code == 2, res.output
-    message = res.output.strip()
+    message = res.stderr.strip()
     assert "\n" not in message and bad.name in message
     assert not out.exists() or not any(out.iterdir())
 
@@ -164,20 +164,20 @@ def test_unreadable_checkpoint(study, tmp_path):
     ckpt.write_bytes(b"\x80\x04garbage")
     out = tmp_path / "out"
     res = runner.invoke(app, ["register", str(study["moving"]), str(study["fixed"]), "-o", str(out), "--model", str(ckpt)])
-    assert res.exit_code == 2 and "broken.pt" in res.output and "\n" not in res.output.strip()
+    assert res.exit_code == 2 and "broken.pt" in res.stderr and "\n" not in res.stderr.strip()
     assert not out.exists() or not any(out.iterdir())
 
 
 @pytest.fixture
 def no_default_model(monkeypatch):
-    monkeypatch.setattr("dccnn_deploy.cli.register_cmd.default_model_path", lambda: None)
+    monkeypatch.setattr("dccnn_deploy.models.default_model_path", lambda: None)
 
 
 @pytest.fixture(scope="module", autouse=True)
 def _no_default_model_for_module():
     """The module's registrations run refine-only unless they pass --model."""
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr("dccnn_deploy.cli.register_cmd.default_model_path", lambda: None)
+        mp.setattr("dccnn_deploy.models.default_model_path", lambda: None)
         yield
 
 

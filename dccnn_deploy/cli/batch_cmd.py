@@ -55,7 +55,7 @@ def batch(
     moving_dir: Optional[Path] = typer.Option(None, help="Folder of moving images (with --template)."),
     template: Optional[Path] = typer.Option(None, help="Fixed image for every moving image of --moving-dir."),
     model: Optional[Path] = typer.Option(None, "--model", help="Checkpoint; default: the shipped model."),
-    backend: str = typer.Option("torch", help="torch | onnxruntime | tensorrt."),
+    backend: Optional[str] = typer.Option(None, help="torch | onnxruntime | tensorrt (default: from the model file)."),
     device: str = typer.Option("cpu", help="cpu | cuda."),
     refine: int = typer.Option(0, help="Instance-optimisation iterations per pair."),
     shard_spec: Optional[str] = typer.Option(None, "--shard", help="i/n: this job's share of the pairs."),

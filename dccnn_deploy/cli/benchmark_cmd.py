@@ -53,7 +53,7 @@ def benchmark(
                 runs.append((onnx32, "onnxruntime", "cuda", "fp32"))
             if engine is not None:
                 runs.append((engine, "tensorrt", "cuda", "engine"))
-            rows = run_all(runs, *bundled_pair_on_grid(bundle.grid_shape, bundle.spacing_mm), repeats)
+            rows = run_all(runs, *bundled_pair_on_grid(bundle.settings), repeats)
         if csv_out is not None:
             def write(tmp_path: Path) -> None:
                 with open(tmp_path, "w", newline="") as f:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import typer
@@ -12,19 +13,22 @@ from rich.table import Table
 from dccnn_deploy.checkpoint import load_model
 from dccnn_deploy.cli.common import console, fail, refuse_existing, user_errors
 
+if TYPE_CHECKING:
+    from dccnn_deploy.preprocess.settings import PreprocessSettings
+
 FP16_DICE_TOLERANCE = 0.005
 
 
-def bundled_pair_on_grid(grid: tuple[int, int, int], spacing_mm: float) -> tuple[np.ndarray, np.ndarray]:
+def bundled_pair_on_grid(settings: "PreprocessSettings") -> tuple[np.ndarray, np.ndarray]:
     """The bundled real brains prepared as `dccnn register` prepares them (verification inputs)."""
-    from dccnn_deploy.cli.demo_cmd import SAMPLE_FIXED, SAMPLE_MOVING
     from dccnn_deploy.io import load_volume
     from dccnn_deploy.preprocess.affine import register_affine
     from dccnn_deploy.registration.pipeline import prepare_pair
+    from dccnn_deploy.sample import SAMPLE_FIXED, SAMPLE_MOVING
 
     moving, fixed = load_volume(SAMPLE_MOVING), load_volume(SAMPLE_FIXED)
     matrix = register_affine(moving.data, moving.affine, fixed.data, fixed.affine).matrix
-    prepared = prepare_pair(moving, fixed, matrix, grid, spacing_mm)
+    prepared = prepare_pair(moving, fixed, matrix, settings)
     return prepared.moving_g, prepared.fixed_g
 
 
@@ -55,7 +59,7 @@ def export(
             if verify:
                 vtask = progress.add_task("verifying with ONNX Runtime on the bundled real pair")
                 bundle.model.sampler = sampler
-                parity = verify_onnx(out, bundle.model, *bundled_pair_on_grid(bundle.grid_shape, bundle.spacing_mm))
+                parity = verify_onnx(out, bundle.model, *bundled_pair_on_grid(bundle.settings))
                 progress.update(vtask, completed=1, total=1)
     table = Table(title="export")
     for col in ("file", "size (MB)", "ops", "nodes", "opset", "max |Δ| vs torch (vox)"):

@@ -25,7 +25,7 @@ def export_raw(
         net = open_network(model, "onnxruntime")
         mov, fix = load_volume(moving), load_volume(fixed)
         matrix = register_affine(mov.data, mov.affine, fix.data, fix.affine).matrix
-        prepared = prepare_pair(mov, fix, matrix, net.grid_shape, net.spacing_mm)
+        prepared = prepare_pair(mov, fix, matrix, net.settings)
         out.mkdir(parents=True, exist_ok=True)
         if (out / "grid.json").exists():
             fail(f"{out / 'grid.json'}: already exists")

@@ -1,26 +1,32 @@
-"""``dccnn register MOVING FIXED -o OUT``: one registration with a progress display."""
+"""``dccnn register MOVING FIXED -o OUT``: one registration (a thin layer over the Python API)."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import typer
-from rich.table import Table
 
-from dccnn_deploy.cli.common import console, user_errors
-from dccnn_deploy.io import InputError
-from dccnn_deploy.models import default_model_path
-from dccnn_deploy.registration import RegisterOptions, register_files
+from dccnn_deploy.cli.common import StageProgress, console, user_errors
+from dccnn_deploy.io.errors import InputError
+
+if TYPE_CHECKING:
+    from rich.table import Table
+
+    from dccnn_deploy.registration.pipeline import RegisterOptions
 
 
 def options_from_cli(
-    model: Optional[Path], backend: str, device: str, refine: int, no_affine: bool, overwrite: bool,
+    model: Optional[Path], backend: Optional[str], device: str, refine: int, no_affine: bool, overwrite: bool,
     moving_labels: Optional[Path] = None, fixed_labels: Optional[Path] = None,
-    grid: Optional[str] = None, spacing: Optional[float] = None,
-) -> RegisterOptions:
-    """RegisterOptions with the shipped default model when ``--model`` is not given."""
-    chosen = model if model is not None else default_model_path()
+    grid: Optional[str] = None, spacing: Optional[float] = None, outputs: Optional[str] = None,
+) -> "RegisterOptions":
+    """RegisterOptions from the command line; the model is resolved as the API does (the shipped
+    default when ``--model`` is not given, none with ``--model none``). Checked at once."""
+    from dccnn_deploy.models import resolve_model
+    from dccnn_deploy.registration.pipeline import RegisterOptions
+
     extra = {}
     if grid:
         try:
@@ -34,17 +40,21 @@ def options_from_cli(
         if spacing <= 0:
             raise InputError(f"--spacing {spacing}: must be > 0 mm")
         extra["spacing_mm"] = float(spacing)
-    return RegisterOptions(
-        model=str(chosen) if chosen else None, backend=backend, device=device, refine=refine,
-        affine=not no_affine, overwrite=overwrite,
+    opts = RegisterOptions(
+        model=resolve_model(str(model) if model is not None else None), backend=backend, device=device,
+        refine=refine, affine=not no_affine, overwrite=overwrite,
         moving_labels=str(moving_labels) if moving_labels else None,
         fixed_labels=str(fixed_labels) if fixed_labels else None,
-        **extra,
+        outputs=outputs, **extra,
     )
+    opts.check()
+    return opts
 
 
-def summary_table(report: dict) -> Table:
+def summary_table(report: dict) -> "Table":
     """The key figures of one report.json as a Rich table."""
+    from rich.table import Table
+
     table = Table(title="registration summary")
     table.add_column("metric")
     table.add_column("before", justify="right")
@@ -65,12 +75,30 @@ def summary_table(report: dict) -> Table:
     return table
 
 
+def run_and_report(moving, fixed, out: Path, opts: "RegisterOptions", quiet: bool, as_json: bool) -> dict:
+    """Register, write the outputs, and tell the user: a summary table, the report as JSON
+    (``as_json``, on stdout; progress on stderr), or nothing but errors (``quiet``)."""
+    from dccnn_deploy.registration.pipeline import register_files
+
+    with StageProgress(quiet=quiet, to_stderr=as_json) as progress:
+        report = register_files(moving, fixed, out, opts, progress=progress)
+    if as_json:
+        typer.echo(json.dumps(report, indent=2, default=float))
+    elif not quiet:
+        console.print(summary_table(report))
+        qc = out / "qc.png"
+        console.print(f"outputs in [bold]{out}[/]" + (f"; look at [bold]{qc}[/]" if qc.is_file() else ""))
+    return report
+
+
 def register(
     moving: Path = typer.Argument(..., help="Moving image (.nii, .nii.gz, .mgz)."),
     fixed: Path = typer.Argument(..., help="Fixed image (.nii, .nii.gz, .mgz)."),
     out: Path = typer.Option(..., "-o", "--out", help="Output folder."),
-    model: Optional[Path] = typer.Option(None, "--model", help="Checkpoint (.pt) or exported .onnx; default: the shipped model."),
-    backend: str = typer.Option("torch", help="torch | onnxruntime | tensorrt."),
+    model: Optional[Path] = typer.Option(
+        None, "--model", help="Checkpoint (.pt), .onnx or .engine; default: the shipped model; 'none': no network."
+    ),
+    backend: Optional[str] = typer.Option(None, help="torch | onnxruntime | tensorrt (default: from the model file)."),
     device: str = typer.Option("cpu", help="cpu | cuda."),
     refine: int = typer.Option(0, help="Instance-optimisation iterations after the network (0: none)."),
     moving_labels: Optional[Path] = typer.Option(None, help="Label map of the moving image."),
@@ -78,14 +106,16 @@ def register(
     no_affine: bool = typer.Option(False, "--no-affine", help="Skip affine pre-alignment (already aligned)."),
     grid: Optional[str] = typer.Option(None, help="Model grid D,H,W without a model (default 80,96,112)."),
     spacing: Optional[float] = typer.Option(None, help="Model grid spacing in mm without a model (default 2)."),
+    outputs: Optional[str] = typer.Option(
+        None, help="Comma list of outputs to write (default: all), e.g. moved,fwd_warp,report; see the README."
+    ),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing outputs."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Print nothing but errors."),
+    as_json: bool = typer.Option(False, "--json", help="Print the report (report.json) on stdout."),
 ) -> None:
     """Register MOVING to FIXED: moved images, forward/inverse ITK warps, Jacobian, QC, report."""
     with user_errors():
         opts = options_from_cli(
-            model, backend, device, refine, no_affine, overwrite, moving_labels, fixed_labels, grid, spacing
+            model, backend, device, refine, no_affine, overwrite, moving_labels, fixed_labels, grid, spacing, outputs
         )
-        with console.status("registering") as status:
-            report = register_files(moving, fixed, out, opts, progress=lambda msg: status.update(msg))
-    console.print(summary_table(report))
-    console.print(f"outputs in [bold]{out}[/] (QC: {out / 'qc.png'})")
+        run_and_report(moving, fixed, out, opts, quiet, as_json)

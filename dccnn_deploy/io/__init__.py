@@ -6,12 +6,15 @@ no-clobber output, and ITK/ANTs displacement-field and affine interop.
 
 from dccnn_deploy.io.errors import InputError, OutputExistsError
 from dccnn_deploy.io.atomic import atomic_write, check_outputs_free
-from dccnn_deploy.io.image import Volume, load_volume
-from dccnn_deploy.io.nifti import save_volume
+from dccnn_deploy.io.image import Volume, as_volume, load_volume
+from dccnn_deploy.io.nifti import save_image, save_volume, volume_image
 from dccnn_deploy.io.itk_transforms import (
     load_itk_affine,
+    itk_displacement_image,
+    load_itk_composite,
     load_itk_displacement,
     save_itk_affine,
+    save_itk_composite,
     save_itk_displacement,
     voxel_displacement_to_world,
     world_to_voxel_displacement,
@@ -23,8 +26,14 @@ __all__ = [
     "atomic_write",
     "check_outputs_free",
     "Volume",
+    "as_volume",
     "load_volume",
+    "save_image",
     "save_volume",
+    "volume_image",
+    "itk_displacement_image",
+    "save_itk_composite",
+    "load_itk_composite",
     "load_itk_affine",
     "load_itk_displacement",
     "save_itk_affine",

@@ -95,7 +95,18 @@ def load_volume(path: str | os.PathLike, kind: Kind = "image") -> Volume:
     img = open_image(path)
     shape = spatial_shape(tuple(img.shape), path)
     affine = check_affine(img.affine, path)
-    data = read_array(img, path).reshape(shape)
+    return as_volume(read_array(img, path).reshape(shape), affine, path, kind)
+
+
+def as_volume(data: np.ndarray, affine: np.ndarray, path: str | os.PathLike, kind: Kind = "image") -> Volume:
+    """Validate an in-memory array + affine as :func:`load_volume` does (``path`` names it in errors)."""
+    if kind not in ("image", "labels"):
+        raise ValueError(f"kind must be 'image' or 'labels', got {kind!r}")
+    data = np.asarray(data)
+    data = data.reshape(spatial_shape(tuple(data.shape), path))
+    affine = check_affine(affine, path)
+    if not np.issubdtype(data.dtype, np.number) and data.dtype != bool:
+        raise InputError.at(path, f"image data of type {data.dtype} is not numeric")
     if not np.isfinite(data).all():
         raise InputError.at(path, "image contains NaN or Inf values")
     if kind == "labels":

@@ -18,12 +18,20 @@ Conventions
   (``AffineTransform_double_3_3``: 12x1 = 9 matrix entries row-major + translation;
   ``fixed``: 3x1 centre ``c``). The point map is ``T(x) = M (x - c) + t + c``. Our side is a
   4x4 RAS matrix mapping fixed-space points to moving-space points.
+* Composite files (``.h5``, ITK ``HDF5TransformIO``, as ``antsRegistration`` writes
+  ``Composite.h5``): ``/TransformGroup/0`` is ``CompositeTransform_double_3_3``, then one group per
+  transform in ITK's queue order (the LAST is applied FIRST to a point), each with
+  ``TransformType``, ``TransformParameters`` and ``TransformFixedParameters``. An affine has the
+  12 + 3 parameters above; a ``DisplacementFieldTransform_float_3_3`` has the LPS-mm vectors of
+  its field flattened with x fastest, and 18 fixed parameters: size (3), origin (3, LPS),
+  spacing (3), direction (9, LPS, row-major). Outside its grid a field displaces by zero.
 """
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Sequence, Union
 
 import nibabel as nib
 import numpy as np
@@ -31,8 +39,8 @@ import scipy.io
 
 from dccnn_deploy.io.atomic import atomic_write
 from dccnn_deploy.io.errors import InputError
-from dccnn_deploy.io.image import check_affine
-from dccnn_deploy.io.nifti import nifti_image, open_image, read_array
+from dccnn_deploy.io.image import check_affine, voxel_spacing
+from dccnn_deploy.io.nifti import nifti_image, open_image, read_array, save_image
 
 INTENT_DISPVECT, INTENT_VECTOR = 1006, 1007
 _FLIP4 = np.diag([-1.0, -1.0, 1.0, 1.0])
@@ -71,12 +79,22 @@ def save_itk_displacement(
     path: str | os.PathLike, disp_ras_mm: np.ndarray, affine: np.ndarray, overwrite: bool = False
 ) -> Path:
     """Write a ``(D, H, W, 3)`` RAS-mm displacement on the grid ``affine`` as an ITK/ANTs field."""
+    return save_image(path, itk_displacement_image(disp_ras_mm, affine), overwrite)
+
+
+def _checked_field(disp_ras_mm: np.ndarray) -> np.ndarray:
     disp = np.asarray(disp_ras_mm, dtype=np.float32)
     if disp.ndim != 4 or disp.shape[-1] != 3:
         raise ValueError(f"expected a (D, H, W, 3) displacement, got shape {disp.shape}")
+    return disp
+
+
+def itk_displacement_image(disp_ras_mm: np.ndarray, affine: np.ndarray) -> nib.Nifti1Image:
+    """The NIfTI image :func:`save_itk_displacement` writes, in memory (X x Y x Z x 1 x 3, LPS)."""
+    disp = _checked_field(disp_ras_mm)
     img = nifti_image(_flip_ras_lps(disp)[:, :, :, None, :], affine)
     img.header.set_intent("vector")
-    return atomic_write(path, lambda tmp: nib.save(img, tmp), overwrite)
+    return img
 
 
 def load_itk_displacement(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
@@ -200,3 +218,114 @@ def load_itk_affine(path: str | os.PathLike) -> np.ndarray:
         raise InputError.at(p, "no such file")
     params, centre = _read_text(p) if kind == "text" else _read_mat(p)
     return _itk_params_to_ras(params, centre)
+
+
+# --- composite transforms (.h5) ----------------------------------------------------------------
+
+COMPOSITE_TYPE = "CompositeTransform_double_3_3"
+FIELD_TYPE = "DisplacementFieldTransform_float_3_3"
+#: One step of a composite: a 4x4 RAS fixed->moving matrix, or a field ``(disp_ras_mm, grid_affine)``.
+CompositeStep = Union[np.ndarray, tuple[np.ndarray, np.ndarray]]
+
+
+def _itk_grid_parameters(shape: tuple[int, ...], affine: np.ndarray) -> np.ndarray:
+    """ITK image geometry of a NIfTI grid: size, origin, spacing, direction (LPS), 18 values."""
+    a = _FLIP4 @ np.asarray(affine, dtype=np.float64)
+    spacing = voxel_spacing(affine)
+    return np.concatenate([np.asarray(shape[:3], np.float64), a[:3, 3], spacing, (a[:3, :3] / spacing).ravel()])
+
+
+def _composite_groups(steps: Sequence[CompositeStep]) -> list[tuple[str, np.ndarray, np.ndarray]]:
+    groups = []
+    for step in steps:
+        if isinstance(step, tuple):
+            disp, affine = step
+            disp = _checked_field(disp)
+            params = _flip_ras_lps(disp).transpose(2, 1, 0, 3).ravel()  # ITK order: x fastest
+            groups.append((FIELD_TYPE, params, _itk_grid_parameters(disp.shape, affine)))
+        else:
+            groups.append((AFFINE_TYPE, _ras_to_itk_params(step), np.zeros(3)))
+    return groups
+
+
+def save_itk_composite(path: str | os.PathLike, steps: Sequence[CompositeStep], overwrite: bool = False) -> Path:
+    """Write an ITK HDF5 composite transform (fixed -> moving points, as resampling uses it).
+
+    ``steps`` in ITK's queue order: the last is applied first. Each is a 4x4 RAS matrix (an
+    ``AffineTransform_double_3_3``) or ``(disp_ras_mm (D, H, W, 3), grid_affine)`` (a
+    displacement field on that grid, stored float32 and gzip-compressed).
+    """
+    import h5py  # only this writer needs it
+
+    groups = _composite_groups(steps)
+    text = h5py.string_dtype("ascii")
+
+    def write(tmp: Path) -> None:
+        with h5py.File(tmp, "w") as f:
+            f.create_dataset("HDFVersion", data=[h5py.version.hdf5_version.encode()], dtype=text)
+            root = f.create_group("TransformGroup")
+            root.create_group("0").create_dataset("TransformType", data=[COMPOSITE_TYPE.encode()], dtype=text)
+            for i, (kind, params, fixed) in enumerate(groups, start=1):
+                g = root.create_group(str(i))
+                g.create_dataset("TransformType", data=[kind.encode()], dtype=text)
+                field = kind == FIELD_TYPE
+                g.create_dataset(
+                    "TransformParameters", data=params.astype(np.float32 if field else np.float64),
+                    **({"compression": "gzip", "compression_opts": 1, "shuffle": True} if field else {}),
+                )
+                g.create_dataset("TransformFixedParameters", data=fixed.astype(np.float64))
+
+    return atomic_write(path, write, overwrite)
+
+
+_FIELD_TYPES = ("DisplacementFieldTransform_float_3_3", "DisplacementFieldTransform_double_3_3")
+
+
+def _ras_grid_affine(fixed: np.ndarray) -> tuple[tuple[int, int, int], np.ndarray]:
+    """Inverse of :func:`_itk_grid_parameters`: 18 ITK values -> (shape, NIfTI RAS affine)."""
+    shape = tuple(int(round(v)) for v in fixed[:3])
+    lps = np.eye(4)
+    lps[:3, :3] = fixed[9:18].reshape(3, 3) * fixed[6:9]
+    lps[:3, 3] = fixed[3:6]
+    return shape, _FLIP4 @ lps
+
+
+def load_itk_composite(path: str | os.PathLike) -> list[CompositeStep]:
+    """Read an ITK HDF5 transform (a composite of affines and displacement fields, or one of them).
+
+    Returns the steps in ITK's queue order (the last is applied first), in the form
+    :func:`save_itk_composite` takes. Other transform types raise :class:`InputError`.
+    """
+    import h5py
+
+    p = Path(path)
+    if not p.is_file():
+        raise InputError.at(p, "no such file")
+    try:
+        f = h5py.File(p, "r")
+    except OSError as exc:
+        raise InputError.at(p, f"not an HDF5 transform file ({exc})") from None
+    with f:
+        if "TransformGroup" not in f:
+            raise InputError.at(p, "no TransformGroup: not an ITK HDF5 transform")
+        group = f["TransformGroup"]
+        keys = sorted(group, key=int)
+        kinds = [group[k]["TransformType"][0].decode() for k in keys]
+        if kinds and kinds[0].startswith("CompositeTransform"):
+            keys, kinds = keys[1:], kinds[1:]
+        steps: list[CompositeStep] = []
+        for key, kind in zip(keys, kinds):
+            g = group[key]
+            params, fixed = np.asarray(g["TransformParameters"][()]), np.asarray(g["TransformFixedParameters"][()])
+            if kind in _AFFINE_TYPES:
+                steps.append(_itk_params_to_ras(_checked(params, 12, "parameters", p), _checked(fixed, 3, "fixed parameters", p)))
+            elif kind in _FIELD_TYPES:
+                shape, affine = _ras_grid_affine(_checked(fixed, 18, "fixed parameters", p))
+                vectors = _checked(params, int(np.prod(shape)) * 3, "field parameters", p)
+                disp = vectors.reshape(shape[2], shape[1], shape[0], 3).transpose(2, 1, 0, 3)
+                steps.append((_flip_ras_lps(disp).astype(np.float32), affine))
+            else:
+                raise InputError.at(p, f"unsupported transform {kind!r} (affines and displacement fields only)")
+    if not steps:
+        raise InputError.at(p, "no transform in the file")
+    return steps

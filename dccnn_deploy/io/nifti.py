@@ -106,12 +106,19 @@ def save_volume(
     An explicit integer ``dtype`` rounds float data. Refuses an existing ``path`` unless
     ``overwrite`` (:class:`~dccnn_deploy.io.errors.OutputExistsError`).
     """
-    fmt = _require_format(path)
+    return save_image(path, volume_image(data, affine, dtype, _require_format(path)), overwrite)
+
+
+def volume_image(data: np.ndarray, affine: np.ndarray, dtype=None, fmt: str = "nifti") -> nib.spatialimages.SpatialImage:
+    """The image :func:`save_volume` writes (``fmt``: ``"nifti"`` or ``"mgh"``), in memory."""
     if np.ndim(data) != 3:
         raise ValueError(f"save_volume expects a 3-D array, got shape {np.shape(data)}")
     array = _cast(data, dtype)
     if fmt == "nifti":
-        img = nifti_image(array, affine)
-    else:
-        img = nib.MGHImage(array, np.asarray(affine, dtype=np.float64))
+        return nifti_image(array, affine)
+    return nib.MGHImage(array, np.asarray(affine, dtype=np.float64))
+
+
+def save_image(path: str | os.PathLike, img: nib.spatialimages.SpatialImage, overwrite: bool = False) -> Path:
+    """Write a nibabel image atomically (the one place images are written)."""
     return atomic_write(path, lambda tmp: nib.save(img, tmp), overwrite)

@@ -1,5 +1,6 @@
-"""The registration pipeline: NIfTI pair -> affine + symmetric deformable maps -> outputs."""
+"""The registration pipeline: image pair -> affine + symmetric deformable maps -> outputs."""
 
-from dccnn_deploy.registration.pipeline import RegisterOptions, register_files
+from dccnn_deploy.registration.pipeline import RegisterOptions, register_files, run
+from dccnn_deploy.registration.result import RegistrationResult
 
-__all__ = ["RegisterOptions", "register_files"]
+__all__ = ["RegisterOptions", "RegistrationResult", "register_files", "run"]

@@ -1,48 +1,87 @@
-"""Outputs of a registration: computed into a staging folder, then moved into place together.
+"""The files of a registration, written into a staging folder and moved into place together.
 
-Files (``out/``): ``moved.nii.gz`` (moving on the fixed grid), ``inverse_moved.nii.gz`` (fixed
-on the moving grid), ``fwd_warp.nii.gz`` / ``inv_warp.nii.gz`` (ITK/ANTs displacement fields
-including the affine: physical mm, LPS, X×Y×Z×1×3, on the fixed / moving grid),
-``affine.mat`` / ``affine.txt`` (the affine alone, ITK), ``jacobian.nii.gz`` (det of the full
-forward map on the fixed grid), ``qc.png``, ``report.json``, and ``moved_labels.nii.gz`` when
-label maps are given.
+Each output has a short name (``--outputs moved,fwd_warp,...`` / ``save(outputs=[...])``) and
+one or more files:
+
+============== ======================= =========================================================
+name           file(s)                 content
+============== ======================= =========================================================
+moved          moved.nii.gz            moving image on the fixed grid
+inverse_moved  inverse_moved.nii.gz    fixed image on the moving grid
+fwd_warp       fwd_warp.nii.gz         ITK/ANTs displacement field, affine included (fixed grid)
+inv_warp       inv_warp.nii.gz         the same for the inverse map (moving grid)
+fwd_transform  fwd_transform.h5        ITK composite: affine + deformable field (fixed grid)
+inv_transform  inv_transform.h5        ITK composite: inverse deformable field + inverse affine
+affine         affine.mat, affine.txt  the affine alone (ITK ``AffineTransform_double_3_3``)
+jacobian       jacobian.nii.gz         det of the full forward map on the fixed grid
+qc             qc.png                  mid-slices of fixed, moved, checkerboard, grid, Jacobian
+report         report.json             the report (:attr:`RegistrationResult.metrics`)
+moved_labels   moved_labels.nii.gz     the moving label map on the fixed grid (with labels)
+============== ======================= =========================================================
+
+The writers take a :class:`~dccnn_deploy.registration.result.RegistrationResult`, which
+computes what they write; this module only names files and moves them.
 """
 
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING
 import os
 import shutil
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING, Callable
 
-import numpy as np
-import torch
+from dccnn_deploy.io import InputError, OutputExistsError, check_outputs_free, save_image, save_itk_affine, save_itk_composite
 
-from dccnn_deploy.io import OutputExistsError, Volume, check_outputs_free, save_itk_affine, save_itk_displacement, save_volume
-from dccnn_deploy.losses import local_ncc
-from dccnn_deploy.metrics import dice, folding_percent, hd95, inverse_consistency, mean_of, ncc, ssim
-from dccnn_deploy.ops.warp import warp_gridsample
-from dccnn_deploy.preprocess.grid import Grid
-from dccnn_deploy.registration.qc import save_qc_png
-from dccnn_deploy.transform import Registration, map_jacobian, sample_at, world_displacement
+if TYPE_CHECKING:  # the result imports this module to save itself
+    from dccnn_deploy.registration.result import RegistrationResult
 
-if TYPE_CHECKING:  # the pipeline imports this module
-    from dccnn_deploy.registration.pipeline import PreparedPair
-
-OUTPUT_FILES = (
-    "moved.nii.gz",
-    "inverse_moved.nii.gz",
-    "fwd_warp.nii.gz",
-    "inv_warp.nii.gz",
-    "affine.mat",
-    "affine.txt",
-    "jacobian.nii.gz",
-    "qc.png",
-    "report.json",
-)
+#: output name -> its files, in writing order (the report comes last: it records the timings)
+OUTPUTS: dict[str, tuple[str, ...]] = {
+    "moved": ("moved.nii.gz",),
+    "fwd_warp": ("fwd_warp.nii.gz",),
+    "jacobian": ("jacobian.nii.gz",),
+    "moved_labels": ("moved_labels.nii.gz",),
+    "inverse_moved": ("inverse_moved.nii.gz",),
+    "inv_warp": ("inv_warp.nii.gz",),
+    "fwd_transform": ("fwd_transform.h5",),
+    "inv_transform": ("inv_transform.h5",),
+    "affine": ("affine.mat", "affine.txt"),
+    "qc": ("qc.png",),
+    "report": ("report.json",),
+}
 LABEL_OUTPUT = "moved_labels.nii.gz"
+#: every file of a registration without label maps (``moved_labels.nii.gz`` is added with them)
+OUTPUT_FILES: tuple[str, ...] = tuple(f for name, files in OUTPUTS.items() if name != "moved_labels" for f in files)
+_BY_FILE = {f: name for name, files in OUTPUTS.items() for f in files}
+
+
+def select_outputs(requested: str | Iterable[str] | None, labels: bool) -> tuple[str, ...]:
+    """Output names to write: ``None`` = all (``moved_labels`` only with labels); else a comma
+    list or iterable of names or file names. Unknown names raise a one-line :class:`InputError`."""
+    if requested is None:
+        return tuple(n for n in OUTPUTS if labels or n != "moved_labels")
+    items = requested.split(",") if isinstance(requested, str) else list(requested)
+    chosen = set()
+    for item in (str(i).strip() for i in items):
+        if not item:
+            continue
+        name = item if item in OUTPUTS else _BY_FILE.get(item)
+        if name is None:
+            raise InputError(f"--outputs: unknown output {item!r}; choose from {', '.join(OUTPUTS)}")
+        if name == "moved_labels" and not labels:
+            raise InputError("--outputs: moved_labels needs label maps (--moving-labels and --fixed-labels)")
+        chosen.add(name)
+    if not chosen:
+        raise InputError(f"--outputs: no output chosen; choose from {', '.join(OUTPUTS)}")
+    return tuple(n for n in OUTPUTS if n in chosen)
+
+
+def output_files(names: Iterable[str]) -> list[str]:
+    """The file names of the outputs ``names``."""
+    return [f for n in names for f in OUTPUTS[n]]
 
 
 class StagedOutputs:
@@ -76,85 +115,45 @@ class StagedOutputs:
             shutil.rmtree(self.dir, ignore_errors=True)
 
 
-def _image_metrics(moved: np.ndarray, fixed: np.ndarray) -> dict[str, float]:
-    """Similarity on the model grid: global NCC, local NCC (9^3), SSIM."""
-    lncc = float(local_ncc(torch.from_numpy(moved)[None, None], torch.from_numpy(fixed)[None, None])[0])
-    return {"ncc": ncc(moved, fixed), "local_ncc": lncc, "ssim": ssim(moved, fixed, data_range=1.0)}
-
-
-def _label_metrics(moved: np.ndarray, fixed: np.ndarray, spacing) -> dict:
-    labels = sorted(int(l) for l in np.unique(fixed) if l != 0)
-    d = dice(moved, fixed, labels)
-    h = hd95(moved, fixed, spacing, labels)
-    return {"dice_mean": mean_of(d), "hd95_mean_mm": mean_of(h), "dice": {str(k): v for k, v in d.items()}}
-
-
-def _field_metrics(registration: Registration) -> dict:
-    if registration.forward is None:
-        return {"folding_percent_forward": 0.0, "folding_percent_inverse": 0.0}
-    fwd, inv = registration.forward[0], registration.inverse[0]
-    return {
-        "folding_percent_forward": folding_percent(fwd),
-        "folding_percent_inverse": folding_percent(inv),
-        "inverse_consistency_voxels": inverse_consistency(fwd, inv),
-    }
-
-
-def stage_outputs(
-    staged: StagedOutputs,
-    registration: Registration,
-    moving: Volume,
-    fixed: Volume,
-    prepared: "PreparedPair",
-    labels: tuple[Volume, Volume] | None,
-    report: dict,
-    qc: bool = True,
-) -> None:
-    """Compute every output into ``staged`` and add the quality figures to ``report``."""
-    fixed_grid, moving_grid = Grid(fixed.shape, fixed.affine), Grid(moving.shape, moving.affine)
-    fwd_points = registration.forward_points(fixed_grid)
-    save_volume(staged.path("moved.nii.gz"), sample_at(moving.data, moving.affine, fwd_points), fixed.affine)
-    save_itk_displacement(staged.path("fwd_warp.nii.gz"), world_displacement(fwd_points, fixed_grid), fixed.affine)
-    save_volume(staged.path("jacobian.nii.gz"), map_jacobian(fwd_points, fixed_grid), fixed.affine)
-    if labels is not None:
-        moved_labels = sample_at(labels[0].data, moving.affine, fwd_points, labels=True)
-        save_volume(staged.path(LABEL_OUTPUT), moved_labels, fixed.affine)
-        affine_only = Registration(affine=registration.affine, grid=registration.grid)
-        affine_labels = sample_at(labels[0].data, moving.affine, affine_only.forward_points(fixed_grid), labels=True)
-        report["labels"] = {
-            "after_affine": _label_metrics(affine_labels, labels[1].data, fixed.spacing),
-            "after": _label_metrics(moved_labels, labels[1].data, fixed.spacing),
-        }
-    del fwd_points
-    inv_points = registration.inverse_points(moving_grid)
-    save_volume(staged.path("inverse_moved.nii.gz"), sample_at(fixed.data, fixed.affine, inv_points), moving.affine)
-    save_itk_displacement(staged.path("inv_warp.nii.gz"), world_displacement(inv_points, moving_grid), moving.affine)
-    del inv_points
-    save_itk_affine(staged.path("affine.mat"), registration.affine)
-    save_itk_affine(staged.path("affine.txt"), registration.affine)
-
-    moving_g, fixed_g = prepared.moving_g, prepared.fixed_g
-    moved_g = moving_g
-    if registration.forward is not None:
-        moved_g = warp_gridsample(torch.from_numpy(moving_g)[None, None], registration.forward)[0, 0].numpy()
-    report["similarity"] = {
-        "before": _image_metrics(prepared.unaligned_g, fixed_g),
-        "after_affine": _image_metrics(moving_g, fixed_g),
-        "after": _image_metrics(moved_g, fixed_g),
-    }
-    report["fields"] = _field_metrics(registration)
-    if qc:
-        fwd = registration.forward[0].numpy() if registration.forward is not None else np.zeros((3, *fixed_g.shape), np.float32)
-        from dccnn_deploy.metrics import jacobian_map
-
-        save_qc_png(
-            staged.path("qc.png"), fixed_g, moved_g, fwd, jacobian_map(fwd),
-            title=f"{Path(str(moving.path)).name} -> {Path(str(fixed.path)).name}",
-        )
-
-
 def write_json(path: Path, payload: dict) -> None:
     path.write_text(json.dumps(payload, indent=2, default=float) + "\n")
 
 
-__all__ = ["OUTPUT_FILES", "LABEL_OUTPUT", "StagedOutputs", "stage_outputs", "write_json", "OutputExistsError"]
+def _affine(result: "RegistrationResult", staged: StagedOutputs) -> None:
+    for name in OUTPUTS["affine"]:
+        save_itk_affine(staged.path(name), result.transform.affine)
+
+
+def _image(attribute: str) -> Callable[["RegistrationResult", StagedOutputs], None]:
+    def write(result: "RegistrationResult", staged: StagedOutputs) -> None:
+        save_image(staged.path(OUTPUTS[attribute][0]), getattr(result, attribute))
+
+    return write
+
+
+def _composite(direction: str) -> Callable[["RegistrationResult", StagedOutputs], None]:
+    def write(result: "RegistrationResult", staged: StagedOutputs) -> None:
+        save_itk_composite(staged.path(f"{direction}_transform.h5"), result.composite_steps(direction))
+
+    return write
+
+
+WRITERS: dict[str, Callable[["RegistrationResult", StagedOutputs], None]] = {
+    **{name: _image(name) for name in ("moved", "fwd_warp", "jacobian", "moved_labels", "inverse_moved", "inv_warp")},
+    "fwd_transform": _composite("fwd"),
+    "inv_transform": _composite("inv"),
+    "affine": _affine,
+    "qc": lambda result, staged: result.save_qc(staged.path("qc.png")),
+    "report": lambda result, staged: write_json(staged.path("report.json"), result.metrics),
+}
+
+
+def write_outputs(result: "RegistrationResult", staged: StagedOutputs, names: Iterable[str]) -> None:
+    """Write the outputs ``names`` of ``result`` into ``staged`` (in :data:`OUTPUTS` order)."""
+    for name in OUTPUTS:
+        if name in set(names):
+            WRITERS[name](result, staged)
+
+
+__all__ = ["OUTPUTS", "OUTPUT_FILES", "LABEL_OUTPUT", "StagedOutputs", "select_outputs", "output_files",
+           "write_outputs", "write_json", "OutputExistsError"]

@@ -1,55 +1,79 @@
-"""``register_files``: the registration pipeline, one stage after another.
+"""The registration pipeline, one stage after another, then the outputs.
 
-1. load and validate both images (and label maps);           ``io``
+1. load and validate both images (and label maps);           ``io``, ``registration.inputs``
 2. affine pre-alignment in world coordinates;                 ``preprocess.affine``
-3. resampling onto the model grid + intensity normalisation;  ``preprocess.grid/intensity``
+3. resampling onto the model grid + intensity normalisation;  ``registration.prepare``
 4. the network (any backend) -> forward / inverse fields;     ``runtime``
 5. optional instance optimisation (``refine``);               ``refine``
-6. composition affine o deformable, outputs in native grids.  ``transform``, ``registration.outputs``
+6. composition affine o deformable: a :class:`RegistrationResult`, which computes the native-grid
+   outputs on demand and writes them (``registration.result``, ``registration.outputs``).
 
-Every output is written into a staging folder and moved into place only when all succeeded,
-so a failure leaves no partial outputs; existing outputs are refused unless ``overwrite``.
+:func:`run` computes (nothing is written); :func:`register_files` checks the output folder
+first, runs, and saves: every output goes to a staging folder and is moved into place only
+when all succeeded, so a failure leaves no partial outputs; existing outputs are refused
+unless ``overwrite``.
 """
 
 from __future__ import annotations
 
-import resource
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterable
 
 import numpy as np
 import torch
 
 from dccnn_deploy import __version__
-from dccnn_deploy.checkpoint import DEFAULT_GRID, DEFAULT_SPACING_MM
-from dccnn_deploy.io import InputError, Volume, check_outputs_free, load_volume
-from dccnn_deploy.preprocess.affine import centre_of_mass, register_affine
-from dccnn_deploy.preprocess.grid import Grid, model_grid, resample_to_grid
-from dccnn_deploy.preprocess.intensity import foreground_mask, normalise_intensity
+from dccnn_deploy.io import InputError, check_outputs_free
+from dccnn_deploy.models import resolve_backend
+from dccnn_deploy.preprocess.affine import register_affine
+from dccnn_deploy.preprocess.settings import DEFAULT_GRID, DEFAULT_SPACING_MM, PreprocessSettings
+from dccnn_deploy.registration.inputs import ImageLike, to_volume
+from dccnn_deploy.registration.outputs import output_files, select_outputs
+from dccnn_deploy.registration.prepare import PreparedPair, prepare_pair
+from dccnn_deploy.registration.result import RegistrationResult
 from dccnn_deploy.runtime.loading import Network, open_network
-from dccnn_deploy.registration.outputs import LABEL_OUTPUT, OUTPUT_FILES, StagedOutputs, stage_outputs, write_json
 from dccnn_deploy.transform import Registration
 
 Progress = Callable[[str], None]
 
+__all__ = ["RegisterOptions", "Stages", "run", "register_files", "prepare_pair", "PreparedPair", "Progress"]
+
 
 @dataclass
 class RegisterOptions:
-    """What ``dccnn register`` was asked for."""
+    """What a registration was asked for (``dccnn register``'s options; the API's keywords).
 
-    model: str | None = None
-    backend: str = "torch"
+    ``model``: a resolved model file (see :func:`dccnn_deploy.models.resolve_model`), an open
+    :class:`~dccnn_deploy.runtime.loading.Network`, or None for no network (``refine`` from the
+    identity). ``backend`` None: chosen from the model file's kind. ``outputs``: what
+    :func:`register_files` writes (None: every file).
+    """
+
+    model: str | Network | None = None
+    backend: str | None = None
     device: str = "cpu"
     refine: int = 0
     affine: bool = True
-    moving_labels: str | None = None
-    fixed_labels: str | None = None
+    moving_labels: ImageLike | None = None
+    fixed_labels: ImageLike | None = None
     overwrite: bool = False
-    qc: bool = True
+    outputs: str | Iterable[str] | None = None
     grid_shape: tuple[int, int, int] = DEFAULT_GRID
     spacing_mm: float = DEFAULT_SPACING_MM
+
+    def check(self) -> None:
+        """One-line :class:`InputError` for contradictory options (before any work)."""
+        if self.model is None and self.refine <= 0:
+            raise InputError("no model: none ships with this install; pass --model CHECKPOINT (model= in Python) or --refine N")
+        if self.refine < 0:
+            raise InputError(f"--refine {self.refine}: must be >= 0")
+        if (self.moving_labels is None) != (self.fixed_labels is None):
+            raise InputError("label maps: give both --moving-labels and --fixed-labels, or neither")
+        if self.model is not None and not isinstance(self.model, Network):
+            resolve_backend(self.model, self.backend)
+        select_outputs(self.outputs, labels=self.moving_labels is not None)
 
 
 @dataclass
@@ -65,35 +89,6 @@ class Stages:
         return result
 
 
-@dataclass
-class PreparedPair:
-    """Both images on the model grid, normalised: what the network sees.
-
-    ``moving_g`` went through the affine ``matrix`` (fixed world -> moving world); ``unaligned_g``
-    is the moving image through the headers only (the "before" similarity).
-    """
-
-    grid: Grid
-    matrix: np.ndarray
-    moving_g: np.ndarray
-    fixed_g: np.ndarray
-    unaligned_g: np.ndarray
-
-
-def prepare_pair(moving: Volume, fixed: Volume, matrix: np.ndarray, shape, spacing_mm: float) -> PreparedPair:
-    """Normalise each image once, place the RAS model grid on the fixed image's foreground centre
-    of mass and resample both onto it (the moving image through ``matrix``)."""
-    fixed_n, moving_n = normalise_intensity(fixed.data), normalise_intensity(moving.data)
-    grid = model_grid(tuple(shape), spacing_mm, centre_of_mass(fixed_n * foreground_mask(fixed_n), fixed.affine))
-    return PreparedPair(
-        grid=grid,
-        matrix=matrix,
-        moving_g=resample_to_grid(moving_n, moving.affine, grid, world_transform=matrix),
-        fixed_g=resample_to_grid(fixed_n, fixed.affine, grid),
-        unaligned_g=resample_to_grid(moving_n, moving.affine, grid),
-    )
-
-
 def _network_fields(network: Network | None, moving_g, fixed_g):
     if network is None:
         return None, None
@@ -101,89 +96,96 @@ def _network_fields(network: Network | None, moving_g, fixed_g):
     return torch.from_numpy(np.ascontiguousarray(fwd))[None], torch.from_numpy(np.ascontiguousarray(inv))[None]
 
 
-def _refine(opts: RegisterOptions, moving_g, fixed_g, fwd, inv):
+def _refine(iterations: int, moving_g, fixed_g, fwd, inv):
     from dccnn_deploy.refine import refine
 
-    result = refine(
-        torch.from_numpy(moving_g)[None, None], torch.from_numpy(fixed_g)[None, None], opts.refine, fwd, inv
-    )
+    result = refine(torch.from_numpy(moving_g)[None, None], torch.from_numpy(fixed_g)[None, None], iterations, fwd, inv)
     return result.forward, result.inverse
 
 
-def register_files(
-    moving_path: str | Path,
-    fixed_path: str | Path,
-    out_dir: str | Path,
-    opts: RegisterOptions | None = None,
-    progress: Progress | None = None,
-) -> dict:
-    """Register ``moving`` to ``fixed`` and write the outputs into ``out_dir``; returns the report."""
+def _open(opts: RegisterOptions) -> Network | None:
+    if opts.model is None or isinstance(opts.model, Network):
+        return opts.model
+    return open_network(opts.model, resolve_backend(opts.model, opts.backend), opts.device)
+
+
+def _labels(opts: RegisterOptions, moving, fixed):
+    if opts.moving_labels is None:
+        return None
+    labels = (to_volume(opts.moving_labels, "labels", "moving labels"), to_volume(opts.fixed_labels, "labels", "fixed labels"))
+    for lab, img in zip(labels, (moving, fixed)):
+        if lab.shape != img.shape:
+            raise InputError.at(lab.path, f"label map shape {lab.shape} differs from its image {img.shape}")
+    return labels
+
+
+def run(moving: ImageLike, fixed: ImageLike, opts: RegisterOptions | None = None, progress: Progress | None = None) -> RegistrationResult:
+    """Register ``moving`` to ``fixed`` in memory (nothing is written)."""
     opts = opts or RegisterOptions()
+    opts.check()
     say = progress or (lambda _msg: None)
-    out_dir = Path(out_dir)
-    if opts.model is None and opts.refine <= 0:
-        raise InputError("no model: pass --model CHECKPOINT (or train one) or --refine N")
-    if (opts.moving_labels is None) != (opts.fixed_labels is None):
-        raise InputError("label maps: give both --moving-labels and --fixed-labels, or neither")
-    names = OUTPUT_FILES + ((LABEL_OUTPUT,) if opts.moving_labels else ())
-    check_outputs_free([out_dir / name for name in names], overwrite=opts.overwrite)
     stages = Stages()
-    total_start = time.perf_counter()
+    start = time.perf_counter()
 
     say("loading images")
-    moving = stages.run("load", load_volume, moving_path)
-    fixed = load_volume(fixed_path)
-    labels = None
-    if opts.moving_labels:
-        labels = (load_volume(opts.moving_labels, kind="labels"), load_volume(opts.fixed_labels, kind="labels"))
-        for lab, img in ((labels[0], moving), (labels[1], fixed)):
-            if lab.shape != img.shape:
-                raise InputError.at(lab.path, f"label map shape {lab.shape} differs from its image {img.shape}")
-    network = stages.run("load_model", open_network, opts.model, opts.backend, opts.device) if opts.model else None
-    shape = network.grid_shape if network else tuple(opts.grid_shape)
-    spacing = network.spacing_mm if network else opts.spacing_mm
+    moving_v = stages.run("load", to_volume, moving, "image", "moving")
+    fixed_v = to_volume(fixed, "image", "fixed")
+    labels = _labels(opts, moving_v, fixed_v)
+    if opts.model is not None:
+        say("loading the model")
+    network = stages.run("load_model", _open, opts) if opts.model is not None else None
+    settings = network.settings if network else PreprocessSettings(tuple(opts.grid_shape), float(opts.spacing_mm))
 
     say("affine pre-alignment")
     if opts.affine:
-        aff = stages.run("affine", register_affine, moving.data, moving.affine, fixed.data, fixed.affine)
-        matrix, affine_info = aff.matrix, {
-            "ncc_before": aff.similarity_before,
-            "ncc_after": aff.similarity_after,
-            "iterations": aff.iterations,
-        }
+        aff = stages.run("affine", register_affine, moving_v.data, moving_v.affine, fixed_v.data, fixed_v.affine)
+        matrix = aff.matrix
+        affine_info = {"ncc_before": aff.similarity_before, "ncc_after": aff.similarity_after, "iterations": aff.iterations}
     else:
         matrix, affine_info = np.eye(4), {"skipped": True}
 
     say("resampling to the model grid")
-    prepared = stages.run("resample", prepare_pair, moving, fixed, matrix, shape, spacing)
-    moving_g, fixed_g = prepared.moving_g, prepared.fixed_g
-
+    prepared = stages.run("resample", prepare_pair, moving_v, fixed_v, matrix, settings)
     say(f"network ({network.backend.name})" if network else "no network: refinement from the identity")
-    fwd, inv = stages.run("network", _network_fields, network, moving_g, fixed_g)
+    fwd, inv = stages.run("network", _network_fields, network, prepared.moving_g, prepared.fixed_g)
     if opts.refine > 0:
         say(f"refining ({opts.refine} iterations)")
-        fwd, inv = stages.run("refine", _refine, opts, moving_g, fixed_g, fwd, inv)
+        fwd, inv = stages.run("refine", _refine, opts.refine, prepared.moving_g, prepared.fixed_g, fwd, inv)
 
-    registration = Registration(affine=matrix, grid=prepared.grid, forward=fwd, inverse=inv)
-    say("writing outputs")
-    report = {
+    info = {
         "version": __version__,
         "torch": torch.__version__,
-        "moving": str(moving_path),
-        "fixed": str(fixed_path),
+        "moving": str(moving_v.path),
+        "fixed": str(fixed_v.path),
         "model": {"path": network.path, "sha256": network.sha256} if network else None,
         "backend": network.backend.name if network else None,
         "device": opts.device,
         "refine_iterations": opts.refine,
-        "grid": {"shape": list(shape), "spacing_mm": spacing},
+        "grid": {"shape": list(settings.grid_shape), "spacing_mm": settings.spacing_mm},
         "affine": affine_info,
     }
-    with StagedOutputs(out_dir, opts.overwrite) as staged:
-        stages.run(
-            "outputs", stage_outputs, staged, registration, moving, fixed, prepared, labels, report, opts.qc
-        )
-        report["seconds"] = {**stages.seconds, "total": round(time.perf_counter() - total_start, 3)}
-        report["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
-        write_json(staged.path("report.json"), report)
-        staged.commit()
-    return report
+    seconds = {**stages.seconds, "compute": round(time.perf_counter() - start, 3)}
+    seconds["total"] = seconds["compute"]
+    registration = Registration(affine=matrix, grid=prepared.grid, forward=fwd, inverse=inv)
+    return RegistrationResult(registration, moving_v, fixed_v, prepared, info, labels, seconds)
+
+
+def register_files(
+    moving_path: ImageLike,
+    fixed_path: ImageLike,
+    out_dir: str | Path,
+    opts: RegisterOptions | None = None,
+    progress: Progress | None = None,
+) -> dict:
+    """Register ``moving`` to ``fixed`` and write the outputs into ``out_dir``; returns the report.
+
+    The options and the output folder are checked before any computing (fail fast).
+    """
+    opts = opts or RegisterOptions()
+    opts.check()
+    names = select_outputs(opts.outputs, labels=opts.moving_labels is not None)
+    check_outputs_free([Path(out_dir) / f for f in output_files(names)], overwrite=opts.overwrite)
+    result = run(moving_path, fixed_path, opts, progress)
+    (progress or (lambda _m: None))("writing outputs")
+    result.save(out_dir, overwrite=opts.overwrite, outputs=names)
+    return result.metrics

@@ -1,6 +1,6 @@
 """Open a trained network for registration: a checkpoint (.pt), an ONNX file or a TensorRT engine.
 
-Each kind carries the model grid (shape, spacing) the pipeline must resample to: checkpoint
+Each kind carries the model grid (shape, spacing) and normalisation the pipeline must use: checkpoint
 metadata, ONNX ``metadata_props`` or the engine's sidecar JSON.
 """
 
@@ -10,7 +10,8 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from dccnn_deploy.checkpoint import DEFAULT_SPACING_MM, file_sha256, load_model
+from dccnn_deploy.checkpoint import file_sha256, load_model
+from dccnn_deploy.preprocess.settings import PreprocessSettings
 from dccnn_deploy.io import InputError
 from dccnn_deploy.runtime.backends import Backend, OnnxRuntimeBackend, TensorRTBackend, TorchBackend
 
@@ -20,25 +21,20 @@ KIND_BACKENDS = {".pt": ("torch",), ".onnx": ("onnxruntime",), ".engine": ("tens
 
 @dataclass
 class Network:
-    """A runnable network and the grid it expects."""
+    """A runnable network and what it expects of its inputs (grid, normalisation)."""
 
     backend: Backend
-    grid_shape: tuple[int, int, int]
-    spacing_mm: float
+    settings: PreprocessSettings
     path: str
     sha256: str
 
+    @property
+    def grid_shape(self) -> tuple[int, int, int]:
+        return self.settings.grid_shape
 
-def _grid_from(meta: dict, path: Path) -> tuple[tuple[int, int, int], float]:
-    try:
-        shape = tuple(int(n) for n in str(meta["grid_shape"]).strip("[]() ").split(","))
-        spacing = meta.get("spacing", meta.get("spacing_mm", "unknown"))
-        spacing_mm = DEFAULT_SPACING_MM if spacing in ("unknown", None) else float(str(spacing).split(",")[0])
-    except (KeyError, ValueError) as exc:
-        raise InputError.at(path, f"no usable grid_shape/spacing metadata ({exc})") from None
-    if len(shape) != 3:
-        raise InputError.at(path, f"grid_shape metadata {meta['grid_shape']!r} is not 3-D")
-    return shape, spacing_mm
+    @property
+    def spacing_mm(self) -> float:
+        return self.settings.spacing_mm
 
 
 def open_network(path: str | Path, backend: str = "torch", device: str = "cpu") -> Network:
@@ -55,7 +51,7 @@ def open_network(path: str | Path, backend: str = "torch", device: str = "cpu") 
         raise InputError.at(p, "model file not found")
     if kind == ".pt":
         bundle = load_model(p)
-        return Network(TorchBackend(bundle.model, device), bundle.grid_shape, bundle.spacing_mm, str(p), bundle.sha256)
+        return Network(TorchBackend(bundle.model, device), bundle.settings, str(p), bundle.sha256)
     if kind == ".onnx":
         try:
             ort_backend = OnnxRuntimeBackend(p, device)
@@ -63,11 +59,10 @@ def open_network(path: str | Path, backend: str = "torch", device: str = "cpu") 
             if type(exc).__name__ == "BackendUnavailable":
                 raise
             raise InputError.at(p, f"ONNX Runtime cannot load it ({type(exc).__name__})") from None
-        shape, spacing = _grid_from(ort_backend.metadata, p)
-        return Network(ort_backend, shape, spacing, str(p), file_sha256(p))
+        return Network(ort_backend, PreprocessSettings.from_metadata(ort_backend.metadata, p), str(p), file_sha256(p))
     sidecar = p.with_name(p.name + ".json")
     if not sidecar.is_file():
         raise InputError.at(p, f"engine sidecar {sidecar.name} not found (written by dccnn build-engine)")
     info = json.loads(sidecar.read_text())
-    shape, spacing = _grid_from({**info.get("onnx_metadata", {}), "grid_shape": info.get("grid_shape")}, p)
-    return Network(TensorRTBackend(p, device), shape, spacing, str(p), file_sha256(p))
+    settings = PreprocessSettings.from_metadata({**info.get("onnx_metadata", {}), "grid_shape": info.get("grid_shape")}, p)
+    return Network(TensorRTBackend(p, device), settings, str(p), file_sha256(p))

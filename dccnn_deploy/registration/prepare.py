@@ -1,0 +1,45 @@
+"""The pair as the network sees it: both images normalised and on the model grid."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from dccnn_deploy.io import Volume
+from dccnn_deploy.preprocess.affine import centre_of_mass
+from dccnn_deploy.preprocess.grid import Grid, model_grid, resample_to_grid
+from dccnn_deploy.preprocess.intensity import foreground_mask, normalise_intensity
+from dccnn_deploy.preprocess.settings import PreprocessSettings
+
+
+@dataclass
+class PreparedPair:
+    """Both images on the model grid, normalised: what the network sees.
+
+    ``moving_g`` went through the affine ``matrix`` (fixed world -> moving world); ``unaligned_g``
+    is the moving image through the headers only (the "before" similarity).
+    """
+
+    grid: Grid
+    matrix: np.ndarray
+    moving_g: np.ndarray
+    fixed_g: np.ndarray
+    unaligned_g: np.ndarray
+
+
+def prepare_pair(moving: Volume, fixed: Volume, matrix: np.ndarray, settings: PreprocessSettings) -> PreparedPair:
+    """Normalise each image once (``settings``' percentiles), place the RAS model grid
+    (``settings``' shape and spacing) on the fixed image's foreground centre of mass and resample
+    both onto it (the moving image through ``matrix``)."""
+    lo, hi = settings.lower_percentile, settings.upper_percentile
+    fixed_n, moving_n = normalise_intensity(fixed.data, lower=lo, upper=hi), normalise_intensity(moving.data, lower=lo, upper=hi)
+    centre = centre_of_mass(fixed_n * foreground_mask(fixed_n), fixed.affine)
+    grid = model_grid(tuple(settings.grid_shape), settings.spacing_mm, centre)
+    return PreparedPair(
+        grid=grid,
+        matrix=matrix,
+        moving_g=resample_to_grid(moving_n, moving.affine, grid, world_transform=matrix),
+        fixed_g=resample_to_grid(fixed_n, fixed.affine, grid),
+        unaligned_g=resample_to_grid(moving_n, moving.affine, grid),
+    )

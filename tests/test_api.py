@@ -1,0 +1,283 @@
+"""The Python API: ``dccnn_deploy.register`` computes in memory; ``save`` writes the CLI's files."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+import dccnn_deploy as dd
+from dccnn_deploy.io import InputError, OutputExistsError
+from dccnn_deploy.metrics import dice, mean_of
+from dccnn_deploy.registration import RegisterOptions, register_files
+from dccnn_deploy.registration.outputs import OUTPUT_FILES, OUTPUTS, select_outputs
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def result(study):
+    """The tiny model on the phantom pair, with label maps."""
+    return dd.register(study["moving"], study["fixed"], model=study["model"],
+                       moving_labels=study["moving_labels"], fixed_labels=study["fixed_labels"])
+
+
+@pytest.fixture(scope="module")
+def saved(result, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("api") / "out"
+    result.save(out)
+    return out
+
+
+def _data(img) -> np.ndarray:
+    return np.asarray(img.dataobj)
+
+
+def test_save_writes_every_output_as_the_attributes_hold_them(result, saved):
+    assert sorted(p.name for p in saved.iterdir()) == sorted(OUTPUT_FILES + ("moved_labels.nii.gz",))
+    for name in ("moved", "inverse_moved", "fwd_warp", "inv_warp", "jacobian", "moved_labels"):
+        on_disk, in_memory = nib.load(str(saved / f"{name}.nii.gz")), getattr(result, name)
+        assert on_disk.shape == in_memory.shape, name
+        assert np.array_equal(on_disk.affine, in_memory.affine), name
+        assert np.array_equal(_data(on_disk), _data(in_memory)), name
+        assert on_disk.get_data_dtype() == in_memory.get_data_dtype(), name
+    assert result.fwd_warp.shape == (44, 48, 40, 1, 3) and result.fwd_warp.header.get_intent()[0] == "vector"
+    report = json.loads((saved / "report.json").read_text())
+    assert report == json.loads(json.dumps(result.metrics, default=float))
+    assert report["seconds"]["total"] >= report["seconds"]["outputs"] > 0
+    assert report["labels"]["after"]["dice_mean"] > 0.5 and report["model"]["path"] == str(result.metrics["model"]["path"])
+
+
+def test_inputs_as_nibabel_image_or_array_give_the_same_result(study, result):
+    moving, fixed = nib.load(str(study["moving"])), nib.load(str(study["fixed"]))
+    network = dd.open_model(study["model"])  # opened once, usable for many pairs
+    from_images = dd.register(moving, (np.asarray(fixed.dataobj), fixed.affine), model=network)
+    assert np.allclose(_data(from_images.moved), _data(result.moved), atol=1e-5)
+    assert from_images.metrics["fixed"] == "<fixed array>"
+
+
+def test_apply_matches_the_moved_outputs(study, result):
+    assert np.array_equal(_data(result.apply(study["moving"])), _data(result.moved))
+    labels = result.apply(nib.load(str(study["moving_labels"])), labels=True)
+    assert np.array_equal(_data(labels), _data(result.moved_labels))
+    back = result.apply(study["fixed"], inverse=True)
+    assert np.array_equal(_data(back), _data(result.inverse_moved))
+
+
+def test_bad_input_is_a_one_line_error(study, tmp_path):
+    with pytest.raises(InputError, match="all zeros"):
+        dd.register((np.zeros((8, 8, 8)), np.eye(4)), study["fixed"], model=False, refine=1)
+    with pytest.raises(InputError, match="expected a file path"):
+        dd.register([1, 2, 3], study["fixed"], model=study["model"])
+    with pytest.raises(InputError, match="--refine"):
+        dd.register(study["moving"], study["fixed"], model=False)
+    with pytest.raises(InputError, match="unknown backend"):
+        dd.register(study["moving"], study["fixed"], model=study["model"], backend="tensorflow")
+
+
+def test_output_selection_and_fail_fast(study, result, tmp_path, monkeypatch):
+    out = tmp_path / "some"
+    written = result.save(out, outputs="moved,fwd_warp.nii.gz,report")
+    assert sorted(p.name for p in written) == ["fwd_warp.nii.gz", "moved.nii.gz", "report.json"]
+    assert sorted(p.name for p in out.iterdir()) == ["fwd_warp.nii.gz", "moved.nii.gz", "report.json"]
+    with pytest.raises(OutputExistsError):
+        result.save(out, outputs=["moved"])
+    with pytest.raises(InputError, match="unknown output 'warp'"):
+        select_outputs("moved,warp", labels=False)
+    with pytest.raises(InputError, match="label maps"):
+        select_outputs("moved_labels", labels=False)
+    # register_files checks the output folder before computing anything
+    monkeypatch.setattr("dccnn_deploy.registration.pipeline.run", lambda *a, **k: pytest.fail("computed"))
+    with pytest.raises(OutputExistsError):
+        register_files(study["moving"], study["fixed"], out, RegisterOptions(model=str(study["model"]), outputs="moved"))
+
+
+def test_composite_transform_layout(result, saved):
+    h5py = pytest.importorskip("h5py")
+    with h5py.File(saved / "fwd_transform.h5") as f:
+        types = [f[f"TransformGroup/{i}/TransformType"][0].decode() for i in range(3)]
+        assert types == ["CompositeTransform_double_3_3", "AffineTransform_double_3_3", "DisplacementFieldTransform_float_3_3"]
+        fixed = f["TransformGroup/2/TransformFixedParameters"][()]
+        assert fixed[:3].tolist() == [44, 48, 40] and f["TransformGroup/2/TransformParameters"].size == 44 * 48 * 40 * 3
+    with h5py.File(saved / "inv_transform.h5") as f:
+        types = [f[f"TransformGroup/{i}/TransformType"][0].decode() for i in range(1, 3)]
+        assert types == ["DisplacementFieldTransform_float_3_3", "AffineTransform_double_3_3"]
+
+
+def _sitk_labels(sitk, transform_path: Path, moving: Path, reference: Path) -> np.ndarray:
+    image = sitk.ReadImage(str(moving))
+    out = sitk.Resample(image, sitk.ReadImage(str(reference)), sitk.ReadTransform(str(transform_path)),
+                        sitk.sitkNearestNeighbor, 0)
+    return sitk.GetArrayFromImage(out).transpose(2, 1, 0)
+
+
+def _mean_dice(a: np.ndarray, b: np.ndarray) -> float:
+    return mean_of(dice(a, b, [1, 2, 3]))
+
+
+def test_composite_transforms_apply_in_simpleitk_like_the_warps(study, saved):
+    sitk = pytest.importorskip("SimpleITK")
+    fixed_labels = _data(nib.load(str(study["fixed_labels"])))
+    for transform, moving, reference, expected in (
+        ("fwd", study["moving_labels"], study["fixed"], _data(nib.load(str(saved / "moved_labels.nii.gz")))),
+        ("inv", study["fixed_labels"], study["moving"], None),
+    ):
+        via_h5 = _sitk_labels(sitk, saved / f"{transform}_transform.h5", moving, reference)
+        warp = sitk.DisplacementFieldTransform(sitk.ReadImage(str(saved / f"{transform}_warp.nii.gz"), sitk.sitkVectorFloat64))
+        out = sitk.Resample(sitk.ReadImage(str(moving)), sitk.ReadImage(str(reference)), warp, sitk.sitkNearestNeighbor, 0)
+        via_nii = sitk.GetArrayFromImage(out).transpose(2, 1, 0)
+        target = fixed_labels if transform == "fwd" else _data(nib.load(str(study["moving_labels"])))
+        assert abs(_mean_dice(via_h5, target) - _mean_dice(via_nii, target)) < 0.002, transform
+        assert np.mean(via_h5 == via_nii) > 0.99, transform
+        if expected is not None:
+            assert np.mean(via_h5 == expected) > 0.99
+
+
+def test_composite_transforms_apply_in_antspyx_like_the_warps(study, saved):
+    ants = pytest.importorskip("ants")
+    fixed_labels = _data(nib.load(str(study["fixed_labels"])))
+    moving = ants.image_read(str(study["moving_labels"]))
+    fixed = ants.image_read(str(study["fixed"]))
+    results = {}
+    for name in ("fwd_transform.h5", "fwd_warp.nii.gz"):
+        out = ants.apply_transforms(fixed, moving, transformlist=[str(saved / name)], interpolator="nearestNeighbor")
+        results[name] = out.numpy()
+    h5_dice, nii_dice = (_mean_dice(results[n], fixed_labels) for n in ("fwd_transform.h5", "fwd_warp.nii.gz"))
+    assert nii_dice > 0.5 and abs(h5_dice - nii_dice) < 0.002
+    assert "CompositeTransform" in str(ants.read_transform(str(saved / "fwd_transform.h5")))
+
+
+def test_cli_json_quiet_progress_and_outputs(study, tmp_path):
+    from typer.testing import CliRunner
+
+    from dccnn_deploy.cli.app import app
+
+    runner = CliRunner()
+    base = ["register", str(study["moving"]), str(study["fixed"]), "--model", str(study["model"])]
+    res = runner.invoke(app, base + ["-o", str(tmp_path / "a"), "--json", "--outputs", "moved,report"])
+    assert res.exit_code == 0, res.output
+    report = json.loads(res.stdout)
+    assert report == json.loads((tmp_path / "a" / "report.json").read_text())
+    assert "] affine pre-alignment" in res.stderr  # plain progress lines (not a terminal), on stderr
+    assert sorted(p.name for p in (tmp_path / "a").iterdir()) == ["moved.nii.gz", "report.json"]
+    res = runner.invoke(app, base + ["-o", str(tmp_path / "b"), "--quiet", "--outputs", "report"])
+    assert res.exit_code == 0 and res.output == ""
+    res = runner.invoke(app, base + ["-o", str(tmp_path / "c"), "--backend", "tensorflow"])
+    assert res.exit_code == 2 and "unknown backend" in res.stderr and "\n" not in res.stderr.strip()
+    res = runner.invoke(app, base + ["-o", str(tmp_path / "c"), "--outputs", "moved,bogus"])
+    assert res.exit_code == 2 and "unknown output 'bogus'" in res.stderr and not (tmp_path / "c").exists()
+
+
+@pytest.mark.slow
+def test_onnx_model_picks_onnxruntime(study, tmp_path):
+    pytest.importorskip("onnxruntime")
+    from dccnn_deploy.checkpoint import load_model
+    from dccnn_deploy.export.onnx_export import export_onnx
+    from dccnn_deploy.models import resolve_backend
+
+    assert resolve_backend("m.onnx", None) == "onnxruntime" and resolve_backend("m.pt", None) == "torch"
+    bundle = load_model(study["model"])
+    onnx_path = export_onnx(bundle.model, bundle.grid_shape, tmp_path / "tiny.onnx",
+                            metadata={"spacing": str(bundle.spacing_mm)}).path
+    result = dd.register(study["moving"], study["fixed"], model=onnx_path)
+    assert result.metrics["backend"] == "onnxruntime-cpu"
+
+
+def test_apply_many_images_at_once(study, saved, tmp_path):
+    from typer.testing import CliRunner
+
+    from dccnn_deploy.cli.app import app
+
+    out = tmp_path / "applied"
+    (tmp_path / "copy").mkdir()
+    second = tmp_path / "copy" / "second.nii.gz"
+    second.write_bytes(Path(study["moving"]).read_bytes())
+    res = CliRunner().invoke(app, ["apply", str(saved / "fwd_warp.nii.gz"), str(study["moving"]), str(second),
+                                   "--label-map", str(study["moving_labels"]), "-o", str(out)])
+    assert res.exit_code == 0, res.output
+    moved = _data(nib.load(str(saved / "moved.nii.gz")))
+    for name in (Path(study["moving"]).name, "second.nii.gz"):
+        assert np.abs(_data(nib.load(str(out / name))) - moved).max() < 1e-3
+    labels = _data(nib.load(str(out / Path(study["moving_labels"]).name)))
+    assert np.array_equal(labels, _data(nib.load(str(saved / "moved_labels.nii.gz"))))
+
+
+def test_import_is_light():
+    code = "import sys, dccnn_deploy as dd; assert 'torch' not in sys.modules, 'torch'; print(dd.__version__)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert out.returncode == 0, out.stderr
+
+
+def _readme_api_example() -> str:
+    text = (ROOT / "README.md").read_text()
+    section = text.split("## Python API", 1)[1]
+    return section.split("```python\n", 1)[1].split("```", 1)[0]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(dd.default_model_path() is None, reason="no default model installed")
+def test_readme_api_example_runs_as_written(tmp_path, monkeypatch):
+    """The README's example, executed as written on the bundled pair with the default model."""
+    monkeypatch.chdir(tmp_path)
+    namespace: dict = {}
+    exec(compile(_readme_api_example(), "README.md", "exec"), namespace)
+    result = namespace["result"]
+    assert isinstance(result, dd.RegistrationResult)
+    assert (tmp_path / "out" / "report.json").is_file() and (tmp_path / "out" / "fwd_transform.h5").is_file()
+    sim = result.metrics["similarity"]
+    assert sim["after"]["ncc"] > sim["after_affine"]["ncc"]
+
+
+def test_composite_round_trip_and_dccnn_apply_with_h5(study, result, saved, tmp_path):
+    from typer.testing import CliRunner
+
+    from dccnn_deploy.cli.app import app
+    from dccnn_deploy.io import load_itk_composite
+
+    matrix, (field, affine) = load_itk_composite(saved / "fwd_transform.h5")
+    (want_matrix, (want_field, want_affine)) = result.composite_steps("fwd")
+    assert np.allclose(matrix, want_matrix, atol=1e-9) and np.allclose(affine, want_affine, atol=1e-9)
+    assert np.allclose(field, want_field, atol=1e-5)
+    runner = CliRunner()
+    out = tmp_path / "via_h5.nii.gz"
+    res = runner.invoke(app, ["apply", str(saved / "fwd_transform.h5"), str(study["moving_labels"]), "-o", str(out), "--labels"])
+    assert res.exit_code == 0, res.output
+    assert np.mean(_data(nib.load(str(out))) == _data(result.moved_labels)) > 0.995
+    back = tmp_path / "back.nii.gz"
+    res = runner.invoke(app, ["apply", str(saved / "inv_transform.h5"), str(study["fixed"]), "-o", str(back),
+                              "--reference", str(study["moving"])])
+    assert res.exit_code == 0, res.output
+    ours, theirs = _data(nib.load(str(back))), _data(result.inverse_moved)
+    inner = (slice(4, -4),) * 3
+    assert np.corrcoef(ours[inner].ravel(), theirs[inner].ravel())[0, 1] > 0.99
+
+
+def test_preprocess_settings_from_every_kind_of_metadata():
+    from dccnn_deploy.preprocess.settings import PreprocessSettings
+
+    checkpoint = {"grid_shape": [32, 40, 48], "spacing_mm": 3.0, "normalisation": {"method": "percentile", "lower": 1.0, "upper": 99.0}}
+    onnx = {"grid_shape": "32,40,48", "spacing": "3.0,3.0,3.0", "normalisation": str(checkpoint["normalisation"])}
+    want = PreprocessSettings((32, 40, 48), 3.0, 1.0, 99.0)
+    assert PreprocessSettings.from_metadata(checkpoint) == want == PreprocessSettings.from_metadata(onnx)
+    assert PreprocessSettings.from_metadata({"grid_shape": "8,8,8", "spacing": "unknown"}).spacing_mm == 2.0
+    for bad in ({}, {"grid_shape": "8,8"}, {"grid_shape": "8,8,8", "normalisation": {"method": "zscore"}}):
+        with pytest.raises(InputError, match="m.onnx"):
+            PreprocessSettings.from_metadata(bad, "m.onnx")
+
+
+def test_checkpoint_normalisation_reaches_the_pipeline(study, tmp_path):
+    """The percentiles in a checkpoint's metadata are the ones registration uses."""
+    from dccnn_deploy.checkpoint import read_checkpoint
+    import torch
+
+    payload = read_checkpoint(study["model"])
+    payload["metadata"] = {**payload["metadata"], "normalisation": {"method": "percentile", "lower": 20.0, "upper": 60.0}}
+    torch.save(payload, tmp_path / "clipped.pt")
+    default = dd.register(study["moving"], study["fixed"], model=study["model"], affine=False)
+    clipped = dd.register(study["moving"], study["fixed"], model=tmp_path / "clipped.pt", affine=False)
+    assert (clipped.prepared.fixed_g == 1.0).mean() > (default.prepared.fixed_g == 1.0).mean() + 0.05
