@@ -16,8 +16,10 @@ from dccnn_deploy.io.itk_transforms import (
     voxel_displacement_to_world,
     world_to_voxel_displacement,
 )
+from dccnn_deploy.io.writer import BackgroundWriter
 
 __all__ = [
+    "BackgroundWriter",
     "InputError",
     "OutputExistsError",
     "atomic_write",

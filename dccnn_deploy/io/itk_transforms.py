@@ -32,7 +32,7 @@ import scipy.io
 from dccnn_deploy.io.atomic import atomic_write
 from dccnn_deploy.io.errors import InputError
 from dccnn_deploy.io.image import check_affine
-from dccnn_deploy.io.nifti import nifti_image, open_image, read_array
+from dccnn_deploy.io.nifti import nifti_image, open_image, read_array, write_image
 
 INTENT_DISPVECT, INTENT_VECTOR = 1006, 1007
 _FLIP4 = np.diag([-1.0, -1.0, 1.0, 1.0])
@@ -76,7 +76,7 @@ def save_itk_displacement(
         raise ValueError(f"expected a (D, H, W, 3) displacement, got shape {disp.shape}")
     img = nifti_image(_flip_ras_lps(disp)[:, :, :, None, :], affine)
     img.header.set_intent("vector")
-    return atomic_write(path, lambda tmp: nib.save(img, tmp), overwrite)
+    return atomic_write(path, lambda tmp: write_image(img, tmp), overwrite)
 
 
 def load_itk_displacement(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
