@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dccnn_deploy.io import OutputExistsError, Volume, check_outputs_free, save_itk_affine, save_itk_displacement, save_volume
+from dccnn_deploy.io import BackgroundWriter, OutputExistsError, Volume, check_outputs_free, save_itk_affine
 from dccnn_deploy.losses import local_ncc
 from dccnn_deploy.metrics import dice, folding_percent, hd95, inverse_consistency, mean_of, ncc, ssim
 from dccnn_deploy.ops.warp import warp_gridsample
@@ -110,15 +110,21 @@ def stage_outputs(
     report: dict,
     qc: bool = True,
 ) -> None:
-    """Compute every output into ``staged`` and add the quality figures to ``report``."""
+    """Compute every output into ``staged`` and add the quality figures to ``report``
+    (files are compressed and written in the background while the next ones are computed)."""
+    with BackgroundWriter() as writer:
+        _stage_outputs(writer, staged, registration, moving, fixed, prepared, labels, report, qc)
+
+
+def _stage_outputs(writer: BackgroundWriter, staged, registration, moving, fixed, prepared, labels, report, qc) -> None:
     fixed_grid, moving_grid = Grid(fixed.shape, fixed.affine), Grid(moving.shape, moving.affine)
     fwd_points = registration.forward_points(fixed_grid)
-    save_volume(staged.path("moved.nii.gz"), sample_at(moving.data, moving.affine, fwd_points), fixed.affine)
-    save_itk_displacement(staged.path("fwd_warp.nii.gz"), world_displacement(fwd_points, fixed_grid), fixed.affine)
-    save_volume(staged.path("jacobian.nii.gz"), map_jacobian(fwd_points, fixed_grid), fixed.affine)
+    writer.submit(staged.path("moved.nii.gz"), sample_at(moving.data, moving.affine, fwd_points), fixed.affine)
+    writer.submit(staged.path("fwd_warp.nii.gz"), world_displacement(fwd_points, fixed_grid), fixed.affine, kind="displacement")
+    writer.submit(staged.path("jacobian.nii.gz"), map_jacobian(fwd_points, fixed_grid), fixed.affine)
     if labels is not None:
         moved_labels = sample_at(labels[0].data, moving.affine, fwd_points, labels=True)
-        save_volume(staged.path(LABEL_OUTPUT), moved_labels, fixed.affine)
+        writer.submit(staged.path(LABEL_OUTPUT), moved_labels, fixed.affine)
         affine_only = Registration(affine=registration.affine, grid=registration.grid)
         affine_labels = sample_at(labels[0].data, moving.affine, affine_only.forward_points(fixed_grid), labels=True)
         report["labels"] = {
@@ -127,8 +133,8 @@ def stage_outputs(
         }
     del fwd_points
     inv_points = registration.inverse_points(moving_grid)
-    save_volume(staged.path("inverse_moved.nii.gz"), sample_at(fixed.data, fixed.affine, inv_points), moving.affine)
-    save_itk_displacement(staged.path("inv_warp.nii.gz"), world_displacement(inv_points, moving_grid), moving.affine)
+    writer.submit(staged.path("inverse_moved.nii.gz"), sample_at(fixed.data, fixed.affine, inv_points), moving.affine)
+    writer.submit(staged.path("inv_warp.nii.gz"), world_displacement(inv_points, moving_grid), moving.affine, kind="displacement")
     del inv_points
     save_itk_affine(staged.path("affine.mat"), registration.affine)
     save_itk_affine(staged.path("affine.txt"), registration.affine)
@@ -147,8 +153,8 @@ def stage_outputs(
         fwd = registration.forward[0].numpy() if registration.forward is not None else np.zeros((3, *fixed_g.shape), np.float32)
         from dccnn_deploy.metrics import jacobian_map
 
-        save_qc_png(
-            staged.path("qc.png"), fixed_g, moved_g, fwd, jacobian_map(fwd),
+        writer.call(
+            save_qc_png, staged.path("qc.png"), fixed_g, moved_g, fwd, jacobian_map(fwd),
             title=f"{Path(str(moving.path)).name} -> {Path(str(fixed.path)).name}",
         )
 
