@@ -271,7 +271,7 @@ def main(argv: list[str] | None = None) -> int:
 
     device = "cpu" if args.dry_run else args.device
     repeats = 2 if args.dry_run else args.repeats
-    pairs = 2 if args.dry_run else args.pairs
+    pairs = 1 if args.dry_run else args.pairs
     grids = DRY_GRIDS if args.dry_run else FULL_GRIDS
     rows = Rows()
     rows.add("env", "python", platform.python_version())
