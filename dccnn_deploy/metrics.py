@@ -157,13 +157,15 @@ def inverse_consistency(forward, inverse) -> dict[str, float]:
     """|phi o phi^-1 - id| (voxels) on the moving grid and |phi^-1 o phi - id| on the fixed grid.
 
     ``forward`` lives on the fixed grid, ``inverse`` on the moving grid (same shapes here).
-    Returns the mean and 95th percentile over both directions.
+    Returns the mean and 95th percentile over both directions (the percentile over every k-th
+    error when there are more than 2M). Composition through ``grid_sample`` (the same trilinear
+    border sampling as the gather warp, about 1e-6 voxel apart, several times faster).
     """
     f, i = _as_field(forward), _as_field(inverse)
     err = torch.cat(
-        [compose(f, i).norm(dim=1).flatten(), compose(i, f).norm(dim=1).flatten()]
-    ).double()
-    return {"mean": float(err.mean()), "p95": float(torch.quantile(err[:: max(1, err.numel() // 2_000_000)], 0.95))}
+        [compose(f, i, sampler=warp_gridsample).norm(dim=1).flatten(), compose(i, f, sampler=warp_gridsample).norm(dim=1).flatten()]
+    ).double().numpy()
+    return {"mean": float(err.mean()), "p95": float(np.percentile(err[:: max(1, err.size // 2_000_000)], 95))}
 
 
 def tissue_classes(image: np.ndarray, classes: int = TISSUE_CLASSES) -> np.ndarray:

@@ -1,16 +1,92 @@
-"""``dccnn``: the command-line entry point. Each command lives in its own module."""
+"""``dccnn``: the command-line entry point. Each command lives in its own module.
+
+Start-up: a command's module (and with it torch, nibabel, onnx, matplotlib) is imported only
+when that command runs or shows its own ``--help``. ``dccnn --help`` lists the commands with
+the first line of each function's docstring, read from the module's source without importing
+it, and ``dccnn --version`` needs nothing beyond Typer.
+"""
 
 from __future__ import annotations
 
+import ast
+import importlib
+import importlib.util
+from functools import lru_cache
+from pathlib import Path
+
 import typer
+from typer.core import TyperCommand, TyperGroup
 
 from dccnn_deploy import __version__
-from dccnn_deploy.cli import apply_cmd, batch_cmd, benchmark_cmd, demo_cmd, evaluate_cmd, export_cmd, export_raw_cmd
-from dccnn_deploy.cli import register_cmd, report_cmd, train_cmd
-from dccnn_deploy.cli import params as params_cmd
+
+#: command name -> (module in dccnn_deploy.cli, function), in the order ``--help`` lists them
+COMMANDS: dict[str, tuple[str, str]] = {
+    "register": ("register_cmd", "register"),
+    "apply": ("apply_cmd", "apply"),
+    "batch": ("batch_cmd", "batch"),
+    "evaluate": ("evaluate_cmd", "evaluate"),
+    "report": ("report_cmd", "report"),
+    "demo": ("demo_cmd", "demo"),
+    "train": ("train_cmd", "train"),
+    "release": ("train_cmd", "release"),
+    "export": ("export_cmd", "export"),
+    "build-engine": ("export_cmd", "build_engine"),
+    "export-raw": ("export_raw_cmd", "export_raw"),
+    "benchmark": ("benchmark_cmd", "benchmark"),
+    "params": ("params", "params"),
+}
+
+
+@lru_cache(maxsize=None)
+def short_help(name: str) -> str:
+    """First line of the command function's docstring, parsed from its source file."""
+    module, func = COMMANDS[name]
+    spec = importlib.util.find_spec(f"dccnn_deploy.cli.{module}")
+    tree = ast.parse(Path(spec.origin).read_text(encoding="utf-8"))
+    for node in tree.body:
+        if isinstance(node, ast.FunctionDef) and node.name == func:
+            return (ast.get_docstring(node) or "").strip().splitlines()[0] if ast.get_docstring(node) else ""
+    return ""
+
+
+def load_command(name: str):
+    """The command as a click command (imports its module)."""
+    module, func = COMMANDS[name]
+    fn = getattr(importlib.import_module(f"dccnn_deploy.cli.{module}"), func)
+    single = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+    single.command(name)(fn)
+    command = typer.main.get_command(single)
+    command.name = name
+    return command
+
+
+class LazyGroup(TyperGroup):
+    """A Typer group whose commands are imported on use; listing them imports nothing."""
+
+    _listing = False
+
+    def list_commands(self, ctx) -> list[str]:
+        return list(COMMANDS)
+
+    def get_command(self, ctx, cmd_name: str):
+        if cmd_name not in COMMANDS:
+            return None
+        if self._listing:  # the group's own --help: name and one line, no import
+            text = short_help(cmd_name)
+            return TyperCommand(name=cmd_name, help=text, short_help=text)
+        return load_command(cmd_name)
+
+    def format_help(self, ctx, formatter) -> None:
+        self._listing = True
+        try:
+            super().format_help(ctx, formatter)
+        finally:
+            self._listing = False
+
 
 app = typer.Typer(
     name="dccnn",
+    cls=LazyGroup,
     help="DCCNN-LSTM-Reg: symmetric diffeomorphic brain MRI registration.",
     no_args_is_help=True,
     add_completion=False,
@@ -29,21 +105,6 @@ def _root(
     version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),
 ) -> None:
     """DCCNN-LSTM-Reg: symmetric diffeomorphic brain MRI registration."""
-
-
-app.command("register")(register_cmd.register)
-app.command("apply")(apply_cmd.apply)
-app.command("batch")(batch_cmd.batch)
-app.command("evaluate")(evaluate_cmd.evaluate)
-app.command("report")(report_cmd.report)
-app.command("demo")(demo_cmd.demo)
-app.command("train")(train_cmd.train)
-app.command("release")(train_cmd.release)
-app.command("export")(export_cmd.export)
-app.command("build-engine")(export_cmd.build_engine)
-app.command("export-raw")(export_raw_cmd.export_raw)
-app.command("benchmark")(benchmark_cmd.benchmark)
-app.command("params")(params_cmd.params)
 
 
 def main() -> None:

@@ -54,7 +54,7 @@ def composite_points(path: Path, reference: Optional[Path]) -> "tuple[torch.Tens
     from dccnn_deploy.io import load_itk_composite, load_volume
     from dccnn_deploy.preprocess.grid import Grid
     from dccnn_deploy.transform import Registration, sample_at
-    from dccnn_deploy.transform import _apply as apply_matrix  # the one 4x4-on-points
+    from dccnn_deploy.transform import apply_matrix
 
     steps = load_itk_composite(path)
     if reference is not None:

