@@ -9,6 +9,7 @@ import typer
 from rich.table import Table
 
 from dccnn_deploy.cli.common import console, user_errors
+from dccnn_deploy.cli.guard import claimed_output, report_warnings
 from dccnn_deploy.io import InputError
 from dccnn_deploy.models import default_model_path
 from dccnn_deploy.registration import RegisterOptions, register_files
@@ -79,13 +80,15 @@ def register(
     grid: Optional[str] = typer.Option(None, help="Model grid D,H,W without a model (default 80,96,112)."),
     spacing: Optional[float] = typer.Option(None, help="Model grid spacing in mm without a model (default 2)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing outputs."),
+    strict: bool = typer.Option(False, "--strict", help="Exit with code 3 when the geometry checks warn."),
 ) -> None:
     """Register MOVING to FIXED: moved images, forward/inverse ITK warps, Jacobian, QC, report."""
     with user_errors():
         opts = options_from_cli(
             model, backend, device, refine, no_affine, overwrite, moving_labels, fixed_labels, grid, spacing
         )
-        with console.status("registering") as status:
+        with claimed_output(out, overwrite), console.status("registering") as status:
             report = register_files(moving, fixed, out, opts, progress=lambda msg: status.update(msg))
     console.print(summary_table(report))
     console.print(f"outputs in [bold]{out}[/] (QC: {out / 'qc.png'})")
+    report_warnings(report.get("warnings", []), strict)

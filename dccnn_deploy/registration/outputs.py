@@ -12,15 +12,13 @@ from __future__ import annotations
 
 import json
 from typing import TYPE_CHECKING
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from dccnn_deploy.io import OutputExistsError, Volume, check_outputs_free, save_itk_affine, save_itk_displacement, save_volume
+from dccnn_deploy.io import Volume, save_itk_affine, save_itk_displacement, save_volume
+from dccnn_deploy.io.staging import StagedOutputs
 from dccnn_deploy.losses import local_ncc
 from dccnn_deploy.metrics import dice, folding_percent, hd95, inverse_consistency, mean_of, ncc, ssim
 from dccnn_deploy.ops.warp import warp_gridsample
@@ -43,37 +41,6 @@ OUTPUT_FILES = (
     "report.json",
 )
 LABEL_OUTPUT = "moved_labels.nii.gz"
-
-
-class StagedOutputs:
-    """A hidden staging folder in ``out_dir``; :meth:`commit` moves its files into ``out_dir``.
-
-    Leaving the ``with`` block without a commit (an error) removes the staging folder.
-    """
-
-    def __init__(self, out_dir: Path, overwrite: bool):
-        self.out_dir = Path(out_dir)
-        self.overwrite = overwrite
-        self.dir: Path | None = None
-
-    def __enter__(self) -> "StagedOutputs":
-        self.out_dir.mkdir(parents=True, exist_ok=True)
-        self.dir = Path(tempfile.mkdtemp(prefix=".staging-", dir=self.out_dir))
-        return self
-
-    def path(self, name: str) -> Path:
-        return self.dir / name
-
-    def commit(self) -> list[Path]:
-        names = sorted(os.listdir(self.dir))
-        check_outputs_free([self.out_dir / n for n in names], overwrite=self.overwrite)
-        for name in names:
-            os.replace(self.dir / name, self.out_dir / name)
-        return [self.out_dir / n for n in names]
-
-    def __exit__(self, *exc) -> None:
-        if self.dir is not None:
-            shutil.rmtree(self.dir, ignore_errors=True)
 
 
 def _image_metrics(moved: np.ndarray, fixed: np.ndarray) -> dict[str, float]:

@@ -30,6 +30,8 @@ from dccnn_deploy.preprocess.grid import Grid, model_grid, resample_to_grid
 from dccnn_deploy.preprocess.intensity import foreground_mask, normalise_intensity
 from dccnn_deploy.runtime.loading import Network, open_network
 from dccnn_deploy.registration.outputs import LABEL_OUTPUT, OUTPUT_FILES, StagedOutputs, stage_outputs, write_json
+from dccnn_deploy.registration.provenance import input_record, options_record
+from dccnn_deploy.registration.sanity import affine_sanity
 from dccnn_deploy.transform import Registration
 
 Progress = Callable[[str], None]
@@ -129,6 +131,7 @@ def register_files(
     check_outputs_free([out_dir / name for name in names], overwrite=opts.overwrite)
     stages = Stages()
     total_start = time.perf_counter()
+    inputs = input_record(moving_path, fixed_path, opts.moving_labels, opts.fixed_labels)  # before reading
 
     say("loading images")
     moving = stages.run("load", load_volume, moving_path)
@@ -177,8 +180,11 @@ def register_files(
         "refine_iterations": opts.refine,
         "grid": {"shape": list(shape), "spacing_mm": spacing},
         "affine": affine_info,
+        "inputs": inputs,
+        "options": options_record(opts),
+        "warnings": affine_sanity(matrix, (moving.shape, moving.affine), (fixed.shape, fixed.affine)),
     }
-    with StagedOutputs(out_dir, opts.overwrite) as staged:
+    with StagedOutputs(out_dir, opts.overwrite, managed=OUTPUT_FILES + (LABEL_OUTPUT,)) as staged:
         stages.run(
             "outputs", stage_outputs, staged, registration, moving, fixed, prepared, labels, report, opts.qc
         )
