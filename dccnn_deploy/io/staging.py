@@ -129,20 +129,22 @@ class OutputLock:
 
     Re-entrant within one process (a nested lock on a folder this process holds is a no-op).
     Acquiring also cleans the folder's stale staging leftovers (:func:`clean_stale`).
-    Raises :class:`OutputLockedError` at once when another live process holds the folder.
+    Raises :class:`OutputLockedError` at once when another live process holds the folder
+    (``blocking=True``, for short critical sections under another ``name``: waits instead).
     """
 
-    _held: dict[str, int] = {}  # resolved folder -> nesting depth, in this process
+    _held: dict[str, int] = {}  # resolved lock file -> nesting depth, in this process
 
-    def __init__(self, out_dir: str | os.PathLike):
+    def __init__(self, out_dir: str | os.PathLike, name: str = LOCK_NAME, blocking: bool = False):
         self.out_dir = Path(out_dir)
-        self.path = self.out_dir / LOCK_NAME
+        self.path = self.out_dir / name
+        self.blocking = blocking
         self._fd: int | None = None
         self._key = ""
 
     def acquire(self) -> "OutputLock":
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        self._key = str(self.out_dir.resolve())
+        self._key = str(self.out_dir.resolve() / self.path.name)
         if self._key in OutputLock._held:
             OutputLock._held[self._key] += 1
             return self
@@ -152,7 +154,7 @@ class OutputLock:
             except OSError as exc:
                 raise InputError.at(self.out_dir, f"cannot create the lock file ({exc.strerror or exc})") from None
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                fcntl.flock(fd, fcntl.LOCK_EX | (0 if self.blocking else fcntl.LOCK_NB))
             except OSError as exc:
                 owner = _read_owner(fd)
                 os.close(fd)
@@ -172,7 +174,8 @@ class OutputLock:
         os.write(fd, f"{os.getpid()} {socket.gethostname()}\n".encode())
         self._fd = fd
         OutputLock._held[self._key] = 1
-        clean_stale(self.out_dir)
+        if self.path.name == LOCK_NAME:
+            clean_stale(self.out_dir)
         return self
 
     def release(self) -> None:
