@@ -101,10 +101,9 @@ def batch(
         probe_output_dir(out, overwrite)
         base = options_from_cli(model, backend, device, refine, no_affine, overwrite)
     report_warnings([f"{pairs}: {r}" for r in repeats], strict=False)
-    terminate_like_interrupt()
     rows: list[dict] = []
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn())
-    with stop_cleanly(), Progress(*columns, console=console) as progress:
+    with stop_cleanly(), terminate_like_interrupt(), Progress(*columns, console=console) as progress:
         task = progress.add_task("registering", total=len(jobs))
         for pair in jobs:
             progress.update(task, description=pair.name)
@@ -114,7 +113,7 @@ def batch(
             progress.advance(task)
     if count > 1:
         write_rows(out / shard_summary_name(index, count), rows)
-    study_rows = rebuild_summary(out)
+    study_rows = rebuild_summary(out, rows)
     report_page = build_report(out, study_rows)
     _print_table(rows, f"batch {index}/{count}: {len(rows)} pairs (study summary: {out / 'summary.csv'})")
     console.print(f"study report: [bold]{report_page}[/]")

@@ -26,6 +26,7 @@ import secrets
 import shutil
 import signal
 import socket
+import threading
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -278,9 +279,19 @@ def _raise_terminated(signum, frame) -> None:
     raise Terminated(f"signal {signum}")
 
 
-def terminate_like_interrupt() -> None:
-    """From now on SIGTERM raises :class:`Terminated` in the main thread (cleanup runs, like SIGINT)."""
-    signal.signal(signal.SIGTERM, _raise_terminated)
+@contextlib.contextmanager
+def terminate_like_interrupt() -> Iterator[None]:
+    """Within the block SIGTERM raises :class:`Terminated` in the main thread, so ``with``
+    blocks clean up as on Ctrl-C; the previous handler is restored afterwards. A no-op
+    outside the main thread (Python delivers signals there only)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 @contextlib.contextmanager
@@ -292,14 +303,14 @@ def claimed_output_dir(out_dir: str | os.PathLike, overwrite: bool = False) -> I
     (:class:`OutputLockedError`).
     """
     out = Path(out_dir)
-    terminate_like_interrupt()
-    created = probe_output_dir(out, overwrite)
-    try:
-        with OutputLock(out):
-            yield out
-    finally:
-        if created:
-            _rmdir_quiet(out)
+    with terminate_like_interrupt():
+        created = probe_output_dir(out, overwrite)
+        try:
+            with OutputLock(out):
+                yield out
+        finally:
+            if created:
+                _rmdir_quiet(out)
 
 
 __all__ = [

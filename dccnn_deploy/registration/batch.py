@@ -237,11 +237,11 @@ def pair_state(folder: Path) -> tuple[str, dict | None]:
     return "none", None
 
 
-def rebuild_summary(out_dir: Path) -> list[dict]:
+def rebuild_summary(out_dir: Path, run_rows: list[dict] | None = None) -> list[dict]:
     """Rewrite ``out_dir/summary.csv`` from every pair folder's state, and return its rows.
 
     Rows of the previous ``summary.csv`` and of ``summary-shard-*.csv`` keep their order and
-    pair names; each pair folder's ``report.json``/``failed.json`` decides its status and
+    pair names (then ``run_rows``, this run's rows, and other folders by name); each pair folder's ``report.json``/``failed.json`` decides its status and
     metrics; failed rows without a folder are kept; rows claiming success without a
     ``report.json`` are dropped. Runs under a short lock, so concurrent shards never lose rows.
     """
@@ -249,8 +249,8 @@ def rebuild_summary(out_dir: Path) -> list[dict]:
     with OutputLock(out_dir, name=_SUMMARY_LOCK, blocking=True):
         rows: dict[str, dict] = {}
         shards = sorted(out_dir.glob("summary-shard-*-of-*.csv"), key=lambda p: p.stat().st_mtime_ns)
-        for source in [out_dir / SUMMARY_NAME, *shards]:
-            for row in read_rows(source):
+        for source in [read_rows(out_dir / SUMMARY_NAME), *map(read_rows, shards), run_rows or []]:
+            for row in source:
                 key = row.get("dir") or row.get("pair")
                 rows[key] = {**rows.get(key, {}), **row}
         folders = sorted(p.name for p in out_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
