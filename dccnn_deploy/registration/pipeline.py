@@ -182,7 +182,7 @@ def register_files(
         "affine": affine_info,
         "inputs": inputs,
         "options": options_record(opts),
-        "warnings": affine_sanity(matrix, (moving.shape, moving.affine), (fixed.shape, fixed.affine)),
+        "warnings": affine_sanity(matrix, moving, fixed),
     }
     with StagedOutputs(out_dir, opts.overwrite, managed=OUTPUT_FILES + (LABEL_OUTPUT,)) as staged:
         stages.run(

@@ -7,6 +7,8 @@ scales are ``|diag R|`` and the shears ``R_ij / R_ii``, as in ITK's scale-skew v
 decomposition. Bounds are symmetric under inversion (0.67 ~ 1/1.5, 0.4 = 1/2.5), so it does
 not matter which way round the matrix is read. Between two adult heads, scale factors beyond
 them mean the affine stretched one image to fit a partial field of view or the wrong structure.
+The field-of-view overlap counts foreground voxels (Otsu, as the pipeline's grid placement)
+so that the air around a head, or a large neck-to-vertex box, raises no warning.
 """
 
 from __future__ import annotations
@@ -18,10 +20,11 @@ import numpy as np
 SCALE_RANGE = (0.67, 1.5)
 MAX_SHEAR = 0.25
 DET_RANGE = (0.4, 2.5)
-MIN_FIXED_COVERED = 0.6  # share of the fixed field of view the moved moving image covers
-MIN_MOVING_INSIDE = 0.5  # share of the moved moving image that lands in the fixed field of view
+MIN_FIXED_COVERED = 0.6  # share of the fixed foreground inside the moved moving image's box
+MIN_MOVING_INSIDE = 0.5  # share of the moved moving foreground inside the fixed image's box
 
-Box = tuple[Sequence[int], np.ndarray]  # (shape, voxel -> world affine)
+Box = tuple[Sequence[int], np.ndarray]  # (shape, voxel -> world affine): the whole image box
+MAX_POINTS = 20000  # foreground voxels sampled per image for the overlap
 
 
 def _linear(matrix: np.ndarray) -> np.ndarray:
@@ -74,24 +77,41 @@ def _lattice(shape: Sequence[int], n: int = 12) -> np.ndarray:
     return np.concatenate([pts, np.ones((len(pts), 1))], axis=1)
 
 
+def _geometry(image) -> tuple[tuple[int, ...], np.ndarray, np.ndarray]:
+    """(shape, affine, sample voxel positions (N, 4)) of a ``Volume`` (its foreground voxels,
+    :func:`~dccnn_deploy.preprocess.intensity.foreground_mask`) or a ``(shape, affine)`` box (a lattice)."""
+    if hasattr(image, "data"):
+        from dccnn_deploy.preprocess.intensity import foreground_mask, normalise_intensity
+
+        shape, affine = tuple(image.data.shape), np.asarray(image.affine, dtype=np.float64)
+        idx = np.argwhere(foreground_mask(normalise_intensity(image.data)))
+        if len(idx) == 0:
+            return shape, affine, _lattice(shape)
+        idx = idx[:: max(1, len(idx) // MAX_POINTS)]
+        return shape, affine, np.concatenate([idx, np.ones((len(idx), 1))], axis=1)
+    shape, affine = image
+    return tuple(shape), np.asarray(affine, dtype=np.float64), _lattice(shape)
+
+
 def _inside(voxels: np.ndarray, shape: Sequence[int]) -> np.ndarray:
     v = voxels[:, :3]
     return ((v >= -0.5) & (v <= np.asarray(shape) - 0.5)).all(axis=1)
 
 
-def fov_overlap(matrix: np.ndarray, moving: Box, fixed: Box) -> tuple[float, float]:
-    """(share of the fixed box covered by the moved moving box, share of the moved moving box
-    inside the fixed box), estimated on 12^3 lattices."""
+def fov_overlap(matrix: np.ndarray, moving, fixed) -> tuple[float, float]:
+    """(share of the fixed image inside the moved moving image's box, share of the moved moving
+    image inside the fixed box). ``moving``/``fixed``: a ``Volume`` (its foreground is counted,
+    so air around a head does not matter) or a ``(shape, affine)`` box (the whole box)."""
     m = np.asarray(matrix, dtype=np.float64)
-    (m_shape, m_aff), (f_shape, f_aff) = moving, fixed
-    m_aff, f_aff = np.asarray(m_aff, dtype=np.float64), np.asarray(f_aff, dtype=np.float64)
+    m_shape, m_aff, m_pts = _geometry(moving)
+    f_shape, f_aff, f_pts = _geometry(fixed)
     to_moving_vox = np.linalg.inv(m_aff) @ m @ f_aff  # fixed voxel -> moving voxel
-    covered = _inside(_lattice(f_shape) @ to_moving_vox.T, m_shape).mean()
-    inside = _inside(_lattice(m_shape) @ np.linalg.inv(to_moving_vox).T, f_shape).mean()
+    covered = _inside(f_pts @ to_moving_vox.T, m_shape).mean()
+    inside = _inside(m_pts @ np.linalg.inv(to_moving_vox).T, f_shape).mean()
     return float(covered), float(inside)
 
 
-def check_fov_overlap(matrix: np.ndarray, moving: Box, fixed: Box) -> list[str]:
+def check_fov_overlap(matrix: np.ndarray, moving, fixed) -> list[str]:
     """The moved moving image covers too little of the fixed field of view, or lands mostly outside it."""
     covered, inside = fov_overlap(matrix, moving, fixed)
     out = []
@@ -105,10 +125,10 @@ def check_fov_overlap(matrix: np.ndarray, moving: Box, fixed: Box) -> list[str]:
 MATRIX_CHECKS: list[Callable[[np.ndarray], list[str]]] = [check_scale, check_shear, check_determinant]
 
 
-def affine_sanity(matrix: np.ndarray, moving: Box | None = None, fixed: Box | None = None) -> list[str]:
+def affine_sanity(matrix: np.ndarray, moving=None, fixed=None) -> list[str]:
     """Warnings about the affine ``matrix`` (fixed world -> moving world): every check of
-    :data:`MATRIX_CHECKS`, plus the field-of-view overlap when both image boxes
-    ``(shape, affine)`` are given. Empty when the geometry looks plausible."""
+    :data:`MATRIX_CHECKS`, plus the field-of-view overlap when both images are given (``Volume``
+    objects, or ``(shape, affine)`` boxes). Empty when the geometry looks plausible."""
     warnings = [w for check in MATRIX_CHECKS for w in check(matrix)]
     if moving is not None and fixed is not None:
         warnings += check_fov_overlap(matrix, moving, fixed)
