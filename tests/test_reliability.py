@@ -158,15 +158,20 @@ def test_output_path_that_is_a_file(study, tmp_path):
         probe_output_dir(target / "sub")
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
 def test_unwritable_output_folder(study, tmp_path):
-    locked = tmp_path / "ro"
-    locked.mkdir()
-    locked.chmod(0o500)
+    if os.geteuid() != 0:
+        locked = tmp_path / "ro"
+        locked.mkdir()
+        locked.chmod(0o500)
+    elif Path("/proc/self").is_dir():
+        locked = Path("/proc/self")  # no new files there, even for root
+    else:
+        pytest.skip("root without /proc: no unwritable folder to test with")
     try:
         res = runner.invoke(app, ["register", str(study["moving"]), str(study["fixed"]), "-o", str(locked), *fast(study)])
     finally:
-        locked.chmod(0o700)
+        if locked != Path("/proc/self"):
+            locked.chmod(0o700)
     assert res.exit_code == 2 and "not writable" in one_line_error(res.output)
 
 
