@@ -208,6 +208,8 @@ def test_batch_reports_failures_resumes_and_shards(study, tmp_path):
     assert "bad.nii.gz" in page and rows[0]["pair"] in page
     res = runner.invoke(app, args + ["--shard", "1/2"])
     assert res.exit_code == 0, res.output
-    rows = list(csv.DictReader((out / "summary.csv").open()))
+    rows = list(csv.DictReader((out / "summary-shard-1-of-2.csv").open()))
     assert [r["status"] for r in rows] == ["done before"]
+    rows = list(csv.DictReader((out / "summary.csv").open()))  # the study summary keeps every pair
+    assert [r["status"] for r in rows] == ["ok", "failed"]
     assert runner.invoke(app, args + ["--shard", "3/2"]).exit_code == 2

@@ -1,9 +1,13 @@
-"""``dccnn batch``: register a study; resumable, shardable, one failure does not stop the rest."""
+"""``dccnn batch``: register a study; resumable, shardable, one failure does not stop the rest.
+
+Resume is checked, not assumed: a finished pair folder is reused only when its
+``report.json`` records the same input files (path, size, mtime) and options; otherwise the
+pair is registered again (the whole output set replaced).
+"""
 
 from __future__ import annotations
 
-import csv
-import json
+import dataclasses
 from pathlib import Path
 from typing import Optional
 
@@ -11,42 +15,64 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from dccnn_deploy.cli.common import USER_ERRORS, console, fail, user_errors
+from dccnn_deploy.cli.common import USER_ERRORS, console, err_console, fail, user_errors
+from dccnn_deploy.cli.guard import EXIT_STRICT, report_warnings, stop_cleanly
 from dccnn_deploy.cli.register_cmd import options_from_cli
-from dccnn_deploy.io import atomic_write
-from dccnn_deploy.registration import register_files
+from dccnn_deploy.io.staging import OutputLockedError, claimed_output_dir, probe_output_dir, terminate_like_interrupt
+from dccnn_deploy.registration import RegisterOptions, register_files
+from dccnn_deploy.registration.batch import (
+    FAILED_NAME, Pair, deduplicate, pair_state, pairs_from_csv, pairs_from_folder, parse_shard, rebuild_summary,
+    shard, shard_summary_name, summary_row, write_failure, write_rows,
+)
+from dccnn_deploy.registration.provenance import differences, input_record, options_record
 from dccnn_deploy.registration.report_html import build_report
-from dccnn_deploy.registration.batch import Pair, pairs_from_csv, pairs_from_folder, parse_shard, shard
 
-SUMMARY_COLUMNS = ["pair", "status", "ncc_affine", "ncc_final", "folding_percent", "inverse_consistency",
-                   "dice_affine", "dice_final", "seconds", "error"]
-
-
-def _row(pair: Pair, report: dict | None, error: str = "", status: str = "ok") -> dict:
-    row = {c: "" for c in SUMMARY_COLUMNS}
-    row.update(pair=pair.name, status=status, error=error)
-    if report:
-        sim, fields = report["similarity"], report["fields"]
-        row.update(
-            ncc_affine=f"{sim['after_affine']['ncc']:.4f}", ncc_final=f"{sim['after']['ncc']:.4f}",
-            folding_percent=f"{max(fields['folding_percent_forward'], fields['folding_percent_inverse']):.4f}",
-            inverse_consistency=f"{fields.get('inverse_consistency_voxels', {}).get('mean', 0.0):.4f}",
-            seconds=f"{report['seconds']['total']:.1f}",
-        )
-        if "labels" in report:
-            row.update(dice_affine=f"{report['labels']['after_affine']['dice_mean']:.4f}",
-                       dice_final=f"{report['labels']['after']['dice_mean']:.4f}")
-    return row
+TABLE_COLUMNS = {"pair": "pair", "status": "status", "ncc_final": "NCC", "folding_percent": "%J≤0",
+                 "dice_final": "Dice", "seconds": "s", "note": "warnings / error"}
 
 
-def _write_summary(path: Path, rows: list[dict]) -> None:
-    def write(tmp: Path) -> None:
-        with open(tmp, "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=SUMMARY_COLUMNS)
-            w.writeheader()
-            w.writerows(rows)
+def _error_text(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return text if isinstance(exc, USER_ERRORS) else f"{type(exc).__name__}: {text}"
 
-    atomic_write(path, write, overwrite=True)
+
+def run_pair(pair: Pair, out: Path, opts: RegisterOptions, overwrite: bool) -> dict:
+    """Register one pair into ``out/<pair id>`` unless a matching finished result is there.
+
+    Returns its summary row: ``done before``, ``ok``, ``redone (why)``, ``failed`` or ``busy``.
+    """
+    folder = out / pair.name
+    paths = {"moving": str(pair.moving), "fixed": str(pair.fixed)}
+    inputs = input_record(pair.moving, pair.fixed, pair.moving_labels, pair.fixed_labels)
+    options = options_record(opts)
+    try:
+        with claimed_output_dir(folder, overwrite):
+            state, record = pair_state(folder)
+            why = differences(record, inputs, options) if state == "ok" else []
+            if state == "ok" and not why and not overwrite:
+                return summary_row(pair.name, record, status="done before")
+            replace = overwrite or (folder / "report.json").exists()
+            try:
+                report = register_files(pair.moving, pair.fixed, folder, dataclasses.replace(opts, overwrite=replace))
+            except Exception as exc:  # noqa: BLE001 - one bad pair must not stop the study
+                write_failure(folder, pair, _error_text(exc))
+                return summary_row(pair.name, None, "failed", _error_text(exc), **paths)
+            (folder / FAILED_NAME).unlink(missing_ok=True)
+            status = f"redone ({'; '.join(why)})" if why else "ok"
+            return summary_row(pair.name, report, status=status)
+    except OutputLockedError as exc:
+        return summary_row(pair.name, None, "busy", str(exc), **paths)
+
+
+def _print_table(rows: list[dict], title: str) -> None:
+    table = Table(title=title)
+    for header in TABLE_COLUMNS.values():
+        table.add_column(header, overflow="fold")
+    for row in rows:
+        style = "red" if row["status"] == "failed" else "yellow" if row["warnings"] or row["status"] == "busy" else None
+        note = row["error"] or row["warnings"]
+        table.add_row(*(note if c == "note" else row[c] for c in TABLE_COLUMNS), style=style)
+    console.print(table)
 
 
 def batch(
@@ -58,43 +84,47 @@ def batch(
     backend: Optional[str] = typer.Option(None, help="torch | onnxruntime | tensorrt (default: from the model file)."),
     device: str = typer.Option("cpu", help="cpu | cuda."),
     refine: int = typer.Option(0, help="Instance-optimisation iterations per pair."),
+    no_affine: bool = typer.Option(False, "--no-affine", help="Skip affine pre-alignment (already aligned)."),
     shard_spec: Optional[str] = typer.Option(None, "--shard", help="i/n: this job's share of the pairs."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Redo pairs that already finished."),
+    strict: bool = typer.Option(False, "--strict", help="Exit with code 3 when a pair has geometry warnings."),
 ) -> None:
-    """Register every pair of a study; finished pairs are skipped, failures reported at the end."""
+    """Register every pair of a study; finished pairs whose inputs and options are unchanged are
+    skipped, failures reported at the end. Writes summary.csv (rebuilt from every pair folder),
+    summary-shard-i-of-n.csv with --shard, and report.html."""
     with user_errors():
         if (pairs is None) == (moving_dir is None) or (moving_dir is not None and template is None):
             fail("give either --pairs CSV, or --moving-dir DIR with --template FIXED")
-        jobs = pairs_from_csv(pairs) if pairs else pairs_from_folder(moving_dir, template)
-        jobs = shard(jobs, *parse_shard(shard_spec))
-        out.mkdir(parents=True, exist_ok=True)
+        jobs, repeats = deduplicate(pairs_from_csv(pairs) if pairs else pairs_from_folder(moving_dir, template))
+        index, count = parse_shard(shard_spec)
+        jobs = shard(jobs, index, count)
+        probe_output_dir(out, overwrite)
+        base = options_from_cli(model, backend, device, refine, no_affine, overwrite)
+    report_warnings([f"{pairs}: {r}" for r in repeats], strict=False)
     rows: list[dict] = []
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn())
-    with Progress(*columns, console=console) as progress:
+    with stop_cleanly(), terminate_like_interrupt(), Progress(*columns, console=console) as progress:
         task = progress.add_task("registering", total=len(jobs))
         for pair in jobs:
             progress.update(task, description=pair.name)
-            report_path = out / pair.name / "report.json"
-            if report_path.is_file() and not overwrite:
-                rows.append(_row(pair, json.loads(report_path.read_text()), status="done before"))
-            else:
-                opts = options_from_cli(model, backend, device, refine, False, overwrite, pair.moving_labels, pair.fixed_labels)
-                try:
-                    rows.append(_row(pair, register_files(pair.moving, pair.fixed, out / pair.name, opts)))
-                except USER_ERRORS as exc:
-                    rows.append(_row(pair, None, error=" ".join(str(exc).split()), status="failed"))
-                except Exception as exc:  # noqa: BLE001 - one bad pair must not stop the study
-                    rows.append(_row(pair, None, error=f"{type(exc).__name__}: {' '.join(str(exc).split())}", status="failed"))
+            labels = {"moving_labels": str(pair.moving_labels) if pair.moving_labels else None,
+                      "fixed_labels": str(pair.fixed_labels) if pair.fixed_labels else None}
+            rows.append(run_pair(pair, out, dataclasses.replace(base, **labels), overwrite))
             progress.advance(task)
-    _write_summary(out / "summary.csv", rows)
-    report_page = build_report(out, rows)
-    table = Table(title=f"batch summary ({out / 'summary.csv'})")
-    for col in SUMMARY_COLUMNS:
-        table.add_column(col, overflow="fold")
-    for row in rows:
-        table.add_row(*(row[c] for c in SUMMARY_COLUMNS), style="red" if row["status"] == "failed" else None)
-    console.print(table)
+    if count > 1:
+        write_rows(out / shard_summary_name(index, count), rows)
+    study_rows = rebuild_summary(out, rows)
+    report_page = build_report(out, study_rows)
+    _print_table(rows, f"batch {index}/{count}: {len(rows)} pairs (study summary: {out / 'summary.csv'})")
     console.print(f"study report: [bold]{report_page}[/]")
+    for row in rows:
+        if row["status"].startswith("redone"):
+            err_console.print(f"[bold yellow]warning:[/] {row['pair']}: {row['status']}", highlight=False, soft_wrap=True)
     failed = sum(r["status"] == "failed" for r in rows)
     if failed:
         fail(f"{failed} of {len(rows)} pairs failed (see {out / 'summary.csv'})", code=1)
+    flagged = [r for r in rows if r["warnings"]]
+    if flagged:
+        report_warnings([f"{r['pair']}: {r['warnings']}" for r in flagged], strict=False)
+        if strict:
+            fail(f"{len(flagged)} of {len(rows)} pairs have geometry warnings and --strict", code=EXIT_STRICT)

@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from rich.table import Table
 
     from dccnn_deploy.registration.pipeline import RegisterOptions
+from dccnn_deploy.cli.guard import claimed_output, report_warnings
 
 
 def options_from_cli(
@@ -112,10 +113,13 @@ def register(
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing outputs."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Print nothing but errors."),
     as_json: bool = typer.Option(False, "--json", help="Print the report (report.json) on stdout."),
+    strict: bool = typer.Option(False, "--strict", help="Exit with code 3 when the geometry checks warn."),
 ) -> None:
     """Register MOVING to FIXED: moved images, forward/inverse ITK warps, Jacobian, QC, report."""
     with user_errors():
         opts = options_from_cli(
             model, backend, device, refine, no_affine, overwrite, moving_labels, fixed_labels, grid, spacing, outputs
         )
-        run_and_report(moving, fixed, out, opts, quiet, as_json)
+        with claimed_output(out, overwrite):
+            report = run_and_report(moving, fixed, out, opts, quiet, as_json)
+    report_warnings(report.get("warnings", []), strict)

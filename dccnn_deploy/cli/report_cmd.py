@@ -1,4 +1,4 @@
-"""``dccnn report``: rebuild a study's ``report.html`` from its finished pairs."""
+"""``dccnn report``: rebuild a study's ``summary.csv`` and ``report.html`` from its pair folders."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 
 from dccnn_deploy.cli.common import console, fail
+from dccnn_deploy.registration.batch import rebuild_summary
 from dccnn_deploy.registration.report_html import Thresholds, build_report
 
 _T = Thresholds()
@@ -20,11 +21,13 @@ def report(
     min_affine_ncc: float = typer.Option(_T.min_affine_ncc, help="Flag 'affine failure' when the affine NCC is below this (or not improved)."),
     max_inverse_consistency: float = typer.Option(_T.max_inverse_consistency, help="Flag 'inverse consistency' above this mean error (voxels)."),
 ) -> None:
-    """Write OUT_DIR/report.html: one self-contained page with every pair, its metrics, flags and QC image."""
+    """Rebuild OUT_DIR/summary.csv from every pair folder (all shards) and write OUT_DIR/report.html:
+    one self-contained page with every pair, its inputs, metrics, flags and QC image."""
     if not out_dir.is_dir():
         fail(f"{out_dir}: not a folder")
     if not (out_dir / "summary.csv").is_file() and not any((p / "report.json").is_file() for p in out_dir.iterdir()):
         fail(f"{out_dir}: no summary.csv and no finished pairs (*/report.json)")
     thresholds = Thresholds(fold_threshold, min_ncc_gain, min_local_ncc_gain, min_affine_ncc, max_inverse_consistency)
-    path = build_report(out_dir, thresholds=thresholds)
+    rows = rebuild_summary(out_dir)
+    path = build_report(out_dir, rows, thresholds=thresholds)
     console.print(str(path), highlight=False, soft_wrap=True)

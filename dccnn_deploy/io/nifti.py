@@ -11,7 +11,10 @@ name and no time stamp, so the files are reproducible. The content is what nibab
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import nibabel as nib
@@ -57,9 +60,44 @@ def open_image(path: str | os.PathLike) -> nib.spatialimages.SpatialImage:
         raise InputError.at(p, "not a regular file")
     _require_format(p)
     try:
-        return nib.load(p, mmap=False)
+        with _quiet_nibabel():  # header fixes are checked below, not printed
+            img = nib.load(p, mmap=False)
     except Exception as exc:  # nibabel/gzip raise many types; all mean "not a usable image"
         raise InputError.at(p, f"not a NIfTI/MGH image ({exc})") from exc
+    if isinstance(img, nib.Nifti1Image):  # Nifti2Image is a subclass
+        check_pixdim(p, type(img.header))
+    return img
+
+
+@contextlib.contextmanager
+def _quiet_nibabel() -> Iterator[None]:
+    """Silence nibabel's header-fix log lines (our errors are one line)."""
+    logger = nib.imageglobals.logger
+    level = logger.level
+    logger.setLevel(logging.CRITICAL + 1)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+def check_pixdim(path: Path, header_class: type) -> None:
+    """:class:`InputError` when the file's own voxel sizes (``pixdim[1..3]``) are 0 or not finite.
+
+    nibabel silently replaces a 0 pixdim with 1 mm when loading, and ITK/ANTs read the voxel
+    size from pixdim, so such a header has no trustworthy voxel size: read it unfixed here.
+    """
+    from nibabel.openers import ImageOpener
+
+    try:
+        with ImageOpener(path) as f:
+            raw = header_class.from_fileobj(f, check=False)
+    except Exception as exc:  # noqa: BLE001 - the header read just succeeded once
+        raise InputError.at(path, f"cannot read the NIfTI header ({exc})") from exc
+    ndim = int(min(max(raw["dim"][0], 0), 3))
+    pixdim = np.asarray(raw["pixdim"][1 : 1 + ndim], dtype=np.float64)
+    if not (np.isfinite(pixdim).all() and (np.abs(pixdim) > 0).all()):
+        raise InputError.at(path, f"voxel size (pixdim) {pixdim.tolist()} in the header is zero or not finite")
 
 
 def read_array(img: nib.spatialimages.SpatialImage, path: str | os.PathLike) -> np.ndarray:

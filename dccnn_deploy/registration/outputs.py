@@ -26,9 +26,6 @@ computes what they write; this module only names files and moves them.
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
@@ -42,6 +39,7 @@ from dccnn_deploy.io import (
     save_itk_affine,
     save_itk_composite,
 )
+from dccnn_deploy.io.staging import StagedOutputs
 
 if TYPE_CHECKING:  # the result imports this module to save itself
     from dccnn_deploy.registration.result import RegistrationResult
@@ -92,35 +90,6 @@ def output_files(names: Iterable[str]) -> list[str]:
     return [f for n in names for f in OUTPUTS[n]]
 
 
-class StagedOutputs:
-    """A hidden staging folder in ``out_dir``; :meth:`commit` moves its files into ``out_dir``.
-
-    Leaving the ``with`` block without a commit (an error) removes the staging folder.
-    """
-
-    def __init__(self, out_dir: Path, overwrite: bool):
-        self.out_dir = Path(out_dir)
-        self.overwrite = overwrite
-        self.dir: Path | None = None
-
-    def __enter__(self) -> "StagedOutputs":
-        self.out_dir.mkdir(parents=True, exist_ok=True)
-        self.dir = Path(tempfile.mkdtemp(prefix=".staging-", dir=self.out_dir))
-        return self
-
-    def path(self, name: str) -> Path:
-        return self.dir / name
-
-    def commit(self) -> list[Path]:
-        names = sorted(os.listdir(self.dir))
-        check_outputs_free([self.out_dir / n for n in names], overwrite=self.overwrite)
-        for name in names:
-            os.replace(self.dir / name, self.out_dir / name)
-        return [self.out_dir / n for n in names]
-
-    def __exit__(self, *exc) -> None:
-        if self.dir is not None:
-            shutil.rmtree(self.dir, ignore_errors=True)
 
 
 def write_json(path: Path, payload: dict) -> None:

@@ -34,6 +34,8 @@ from dccnn_deploy.registration.outputs import output_files, select_outputs
 from dccnn_deploy.registration.prepare import PreparedPair, prepare_pair
 from dccnn_deploy.registration.result import RegistrationResult
 from dccnn_deploy.runtime.loading import Network, open_network
+from dccnn_deploy.registration.provenance import input_record, options_record
+from dccnn_deploy.registration.sanity import affine_sanity
 from dccnn_deploy.transform import Registration
 
 Progress = Callable[[str], None]
@@ -126,6 +128,7 @@ def run(moving: ImageLike, fixed: ImageLike, opts: RegisterOptions | None = None
     say = progress or (lambda _msg: None)
     stages = Stages()
     start = time.perf_counter()
+    inputs = input_record(*(x if isinstance(x, (str, Path)) else None for x in (moving, fixed, opts.moving_labels, opts.fixed_labels)))  # before reading
 
     say("loading images")
     moving_v = stages.run("load", to_volume, moving, "image", "moving")
@@ -163,6 +166,9 @@ def run(moving: ImageLike, fixed: ImageLike, opts: RegisterOptions | None = None
         "refine_iterations": opts.refine,
         "grid": {"shape": list(settings.grid_shape), "spacing_mm": settings.spacing_mm},
         "affine": affine_info,
+        "inputs": inputs,
+        "options": options_record(opts),
+        "warnings": affine_sanity(matrix, moving_v, fixed_v),
     }
     seconds = {**stages.seconds, "compute": round(time.perf_counter() - start, 3)}
     seconds["total"] = seconds["compute"]

@@ -108,6 +108,12 @@ def _load_report(folder: Path) -> dict:
     return report if isinstance(report, dict) else {}
 
 
+def _input_path(report: dict, row: dict, which: str) -> str:
+    """The pair's ``moving``/``fixed`` path: the report's input record, its path, or the summary row."""
+    recorded = _get(report, "inputs", which, "path")
+    return str(recorded or report.get(which) or row.get(which) or "")
+
+
 def metrics(row: dict, report: dict) -> dict:
     """The page's values for one pair: from ``report.json``, else from the summary row."""
     sim, fields = report.get("similarity"), report.get("fields") or {}
@@ -132,6 +138,10 @@ def metrics(row: dict, report: dict) -> dict:
         "aff_after": _num(_get(report, "affine", "ncc_after")),
         "backend": str(report.get("backend") or ""),
         "model": Path(str(model.get("path") or "")).name if isinstance(model, dict) else "",
+        "warnings": [str(w) for w in report.get("warnings") or []] if isinstance(report.get("warnings"), list)
+        else [w for w in str(row.get("warnings") or "").split("; ") if w],
+        "moving": _input_path(report, row, "moving"),
+        "fixed": _input_path(report, row, "fixed"),
     }
     fallback = {"ncc_affine": "ncc_affine", "ncc_final": "ncc_final", "folding": "folding_percent",
                 "inv_mean": "inverse_consistency", "dice_affine": "dice_affine", "dice_final": "dice_final",
@@ -159,6 +169,8 @@ def flags_for(status: str, m: dict, t: Thresholds) -> list[str]:
         flags.append("affine failure")
     if m["inv_mean"] is not None and m["inv_mean"] > t.max_inverse_consistency:
         flags.append("inverse consistency")
+    if m.get("warnings"):
+        flags.append("geometry")
     return flags
 
 
@@ -191,7 +203,7 @@ table.t{border-collapse:collapse;margin-top:12px}.t th,.t td{border:1px solid #c
 .t td.p{max-width:220px;overflow-wrap:anywhere;font-weight:600}
 tr.flag{background:#fff0c2}tr.fail{background:#ffd6d6}td.x{color:#b00000;font-weight:700}
 .b{display:inline-block;background:#c00;color:#fff;border-radius:3px;padding:0 4px;margin:1px;white-space:nowrap}
-.err{color:#900;max-width:380px;overflow-wrap:anywhere}img.q{height:44px;max-width:150px;object-fit:contain;display:block}.bad{color:#b00000}
+.err{color:#900;max-width:380px;overflow-wrap:anywhere}.in{font-weight:400;font-size:11px;color:#555}img.q{height:44px;max-width:150px;object-fit:contain;display:block}.bad{color:#b00000}
 """
 
 JS = """document.querySelectorAll('table.t th').forEach((h,i)=>h.onclick=()=>{
@@ -251,7 +263,8 @@ def _summary(entries: list[dict], has_labels: bool, t: Thresholds) -> str:
     values = [e["m"][hist_key] for e in entries if e["m"][hist_key] is not None and e["status"] != "failed"]
     rules = (f"folding: %J≤0 &gt; {t.fold_percent:g}; low similarity gain: NCC gain &lt; {t.min_ncc_gain:g} or local NCC gain "
              f"&lt; {t.min_local_ncc_gain:g}; affine failure: affine NCC &lt; {t.min_affine_ncc:g} or not improved; "
-             f"inverse consistency: mean &gt; {t.max_inverse_consistency:g} voxel; error: the pair failed.")
+             f"inverse consistency: mean &gt; {t.max_inverse_consistency:g} voxel; geometry: implausible affine "
+             f"scale/shear/volume change or field-of-view overlap (details under the badge); error: the pair failed.")
     return (f'<div class="sum"><table class="k">{count_rows}</table><table class="k">{med_rows}</table>'
             f'<div>{histogram_svg(values, "Dice final" if has_labels else "NCC final")}</div></div>'
             f'<p style="color:#555;font-size:12px">Flags — {rules} Click a column header to sort.</p>')
@@ -261,7 +274,8 @@ def _row_html(e: dict, cols: list[tuple[str, str, int]]) -> str:
     m, flags = e["m"], e["flags"]
     red = {c for f in flags for c in FLAG_CELLS.get(f, ())}
     cls = "fail" if e["status"] == "failed" else "flag" if flags else ""
-    cells = [f'<td class="s p">{E(e["pair"])}</td>', f'<td class="s">{E(e["status"])}</td>']
+    inputs = f'<div class="in">{E(m["moving"])} → {E(m["fixed"])}</div>' if m["moving"] or m["fixed"] else ""
+    cells = [f'<td class="s p">{E(e["pair"])}{inputs}</td>', f'<td class="s">{E(e["status"])}</td>']
     for key, _, dec in cols:
         title = f' title="p95 {_fmt(m["inv_p95"], 2)}"' if key == "inv_mean" and m["inv_p95"] is not None else ""
         x = ' class="x"' if key in red else ""
@@ -269,6 +283,7 @@ def _row_html(e: dict, cols: list[tuple[str, str, int]]) -> str:
     cells.append(f'<td class="s">{E(m["backend"])}</td><td class="s">{E(m["model"])}</td>')
     badges = "".join(f'<span class="b">{E(f)}</span>' for f in flags)
     err = f'<div class="err">{E(e["error"])}</div>' if e["error"] else ""
+    err += f'<div class="err">{E("; ".join(m["warnings"]))}</div>' if m["warnings"] else ""
     cells.append(f'<td class="s" data-v="{len(flags)}">{badges}{err}</td>')
     if e["qc"]:
         url = E(quote(e["dir"], safe="") + "/qc.png")

@@ -21,7 +21,7 @@ from dccnn_deploy.io import Volume, check_outputs_free, itk_displacement_image, 
 from dccnn_deploy.ops.warp import warp_gridsample
 from dccnn_deploy.preprocess.grid import Grid
 from dccnn_deploy.registration.inputs import ImageLike, to_volume
-from dccnn_deploy.registration.outputs import StagedOutputs, output_files, select_outputs, write_outputs
+from dccnn_deploy.registration.outputs import OUTPUTS, StagedOutputs, output_files, select_outputs, write_outputs
 from dccnn_deploy.registration.prepare import PreparedPair
 from dccnn_deploy.registration.quality import field_metrics, image_metrics, label_metrics
 from dccnn_deploy.transform import Registration, apply_matrix, map_jacobian, sample_at, world_displacement
@@ -195,7 +195,7 @@ class RegistrationResult:
         names = select_outputs(outputs, labels=self.labels is not None)
         check_outputs_free([out_dir / f for f in output_files(names)], overwrite=overwrite)
         start = time.perf_counter()
-        with StagedOutputs(out_dir, overwrite) as staged:
+        with StagedOutputs(out_dir, overwrite, managed=output_files(OUTPUTS)) as staged:
             write_outputs(self, staged, [n for n in names if n != "report"])
             report = self.metrics
             self.seconds["outputs"] = round(time.perf_counter() - start, 3)

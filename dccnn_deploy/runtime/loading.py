@@ -13,7 +13,9 @@ from pathlib import Path
 from dccnn_deploy.checkpoint import file_sha256, load_model
 from dccnn_deploy.preprocess.settings import PreprocessSettings
 from dccnn_deploy.io import InputError
-from dccnn_deploy.runtime.backends import Backend, OnnxRuntimeBackend, TensorRTBackend, TorchBackend
+from dccnn_deploy.runtime.backends import (
+    INPUT_NAMES, OUTPUT_NAMES, Backend, OnnxRuntimeBackend, TensorRTBackend, TorchBackend,
+)
 
 #: which backend each file kind runs on
 KIND_BACKENDS = {".pt": ("torch",), ".onnx": ("onnxruntime",), ".engine": ("tensorrt",)}
@@ -35,6 +37,20 @@ class Network:
     @property
     def spacing_mm(self) -> float:
         return self.settings.spacing_mm
+
+
+def check_onnx_contract(session, path: Path) -> None:
+    """:class:`InputError` unless the ONNX graph takes ``moving``/``fixed`` and gives
+    ``forward_displacement``/``inverse_displacement``, all rank 5 (N, C, D, H, W)."""
+    for kind, args, wanted in (("inputs", session.get_inputs(), INPUT_NAMES), ("outputs", session.get_outputs(), OUTPUT_NAMES)):
+        have = {a.name: a for a in args}
+        missing = [n for n in wanted if n not in have]
+        if missing:
+            raise InputError.at(path, f"not a dccnn export: graph {kind} are {sorted(have)}, expected {list(wanted)}")
+        for name in wanted:
+            rank = len(have[name].shape or ())
+            if rank != 5:
+                raise InputError.at(path, f"not a dccnn export: {kind[:-1]} {name!r} has rank {rank}, expected 5 (N,C,D,H,W)")
 
 
 def open_network(path: str | Path, backend: str = "torch", device: str = "cpu") -> Network:
@@ -59,6 +75,7 @@ def open_network(path: str | Path, backend: str = "torch", device: str = "cpu") 
             if type(exc).__name__ == "BackendUnavailable":
                 raise
             raise InputError.at(p, f"ONNX Runtime cannot load it ({type(exc).__name__})") from None
+        check_onnx_contract(ort_backend.session, p)
         return Network(ort_backend, PreprocessSettings.from_metadata(ort_backend.metadata, p), str(p), file_sha256(p))
     sidecar = p.with_name(p.name + ".json")
     if not sidecar.is_file():

@@ -1,0 +1,139 @@
+"""Plausibility checks of a registration's geometry: a list of independent checks, each
+returning warning strings (empty when fine). :func:`affine_sanity` runs the affine ones.
+
+``matrix`` is the 4x4 RAS map fixed world -> moving world (what the pipeline estimates).
+Scales and shears come from its linear part ``L = Q R`` (QR, ``Q`` a rotation): the per-axis
+scales are ``|diag R|`` and the shears ``R_ij / R_ii``, as in ITK's scale-skew versor
+decomposition. Bounds are symmetric under inversion (0.67 ~ 1/1.5, 0.4 = 1/2.5), so it does
+not matter which way round the matrix is read. Between two adult heads, scale factors beyond
+them mean the affine stretched one image to fit a partial field of view or the wrong structure.
+The field-of-view overlap counts foreground voxels (Otsu, as the pipeline's grid placement)
+so that the air around a head, or a large neck-to-vertex box, raises no warning.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+
+SCALE_RANGE = (0.67, 1.5)
+MAX_SHEAR = 0.25
+DET_RANGE = (0.4, 2.5)
+MIN_FIXED_COVERED = 0.6  # share of the fixed foreground inside the moved moving image's box
+MIN_MOVING_INSIDE = 0.5  # share of the moved moving foreground inside the fixed image's box
+
+Box = tuple[Sequence[int], np.ndarray]  # (shape, voxel -> world affine): the whole image box
+MAX_POINTS = 20000  # foreground voxels sampled per image for the overlap
+
+
+def _linear(matrix: np.ndarray) -> np.ndarray:
+    m = np.asarray(matrix, dtype=np.float64)
+    if m.shape != (4, 4) or not np.isfinite(m).all():
+        raise ValueError("expected a finite 4x4 matrix")
+    return m[:3, :3]
+
+
+def scales_and_shears(matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-axis scales (3,) and shears (xy, xz, yz) of the linear part (QR decomposition)."""
+    _, r = np.linalg.qr(_linear(matrix))
+    scales = np.abs(np.diag(r))
+    safe = np.where(scales > 0, scales, 1.0)
+    shears = np.array([r[0, 1] / safe[0], r[0, 2] / safe[0], r[1, 2] / safe[1]])
+    return scales, np.abs(shears)
+
+
+def check_scale(matrix: np.ndarray) -> list[str]:
+    """A per-axis scale outside :data:`SCALE_RANGE`."""
+    scales, _ = scales_and_shears(matrix)
+    lo, hi = SCALE_RANGE
+    bad = [f"{s:.2f}" for s in scales if not lo <= s <= hi]
+    if not bad:
+        return []
+    return [f"affine scale {', '.join(f'{s:.2f}' for s in scales)} per axis is outside [{lo}, {hi}]"]
+
+
+def check_shear(matrix: np.ndarray) -> list[str]:
+    """A shear above :data:`MAX_SHEAR`."""
+    _, shears = scales_and_shears(matrix)
+    if shears.max() <= MAX_SHEAR:
+        return []
+    return [f"affine shear {shears.max():.2f} is above {MAX_SHEAR}"]
+
+
+def check_determinant(matrix: np.ndarray) -> list[str]:
+    """A reflection, or a volume change outside :data:`DET_RANGE`."""
+    det = float(np.linalg.det(_linear(matrix)))
+    if det <= 0:
+        return [f"affine determinant {det:.2f} <= 0 (a reflection or collapse)"]
+    lo, hi = DET_RANGE
+    return [] if lo <= det <= hi else [f"affine volume change {det:.2f} is outside [{lo}, {hi}]"]
+
+
+def _lattice(shape: Sequence[int], n: int = 12) -> np.ndarray:
+    """``n^3`` voxel positions spread over a box of ``shape`` (cell centres), as (N, 4) homogeneous."""
+    axes = [(np.arange(n) + 0.5) / n * s - 0.5 for s in shape]
+    pts = np.stack(np.meshgrid(*axes, indexing="ij"), -1).reshape(-1, 3)
+    return np.concatenate([pts, np.ones((len(pts), 1))], axis=1)
+
+
+def _geometry(image) -> tuple[tuple[int, ...], np.ndarray, np.ndarray]:
+    """(shape, affine, sample voxel positions (N, 4)) of a ``Volume`` (its foreground voxels,
+    :func:`~dccnn_deploy.preprocess.intensity.foreground_mask`) or a ``(shape, affine)`` box (a lattice)."""
+    if hasattr(image, "data"):
+        from dccnn_deploy.preprocess.intensity import foreground_mask, normalise_intensity
+
+        shape, affine = tuple(image.data.shape), np.asarray(image.affine, dtype=np.float64)
+        idx = np.argwhere(foreground_mask(normalise_intensity(image.data)))
+        if len(idx) == 0:
+            return shape, affine, _lattice(shape)
+        idx = idx[:: max(1, len(idx) // MAX_POINTS)]
+        return shape, affine, np.concatenate([idx, np.ones((len(idx), 1))], axis=1)
+    shape, affine = image
+    return tuple(shape), np.asarray(affine, dtype=np.float64), _lattice(shape)
+
+
+def _inside(voxels: np.ndarray, shape: Sequence[int]) -> np.ndarray:
+    v = voxels[:, :3]
+    return ((v >= -0.5) & (v <= np.asarray(shape) - 0.5)).all(axis=1)
+
+
+def fov_overlap(matrix: np.ndarray, moving, fixed) -> tuple[float, float]:
+    """(share of the fixed image inside the moved moving image's box, share of the moved moving
+    image inside the fixed box). ``moving``/``fixed``: a ``Volume`` (its foreground is counted,
+    so air around a head does not matter) or a ``(shape, affine)`` box (the whole box)."""
+    m = np.asarray(matrix, dtype=np.float64)
+    m_shape, m_aff, m_pts = _geometry(moving)
+    f_shape, f_aff, f_pts = _geometry(fixed)
+    to_moving_vox = np.linalg.inv(m_aff) @ m @ f_aff  # fixed voxel -> moving voxel
+    covered = _inside(f_pts @ to_moving_vox.T, m_shape).mean()
+    inside = _inside(m_pts @ np.linalg.inv(to_moving_vox).T, f_shape).mean()
+    return float(covered), float(inside)
+
+
+def check_fov_overlap(matrix: np.ndarray, moving, fixed) -> list[str]:
+    """The moved moving image covers too little of the fixed field of view, or lands mostly outside it."""
+    covered, inside = fov_overlap(matrix, moving, fixed)
+    out = []
+    if covered < MIN_FIXED_COVERED:
+        out.append(f"the moved moving image covers only {covered:.0%} of the fixed field of view")
+    if inside < MIN_MOVING_INSIDE:
+        out.append(f"only {inside:.0%} of the moved moving image lies inside the fixed field of view")
+    return out
+
+
+MATRIX_CHECKS: list[Callable[[np.ndarray], list[str]]] = [check_scale, check_shear, check_determinant]
+
+
+def affine_sanity(matrix: np.ndarray, moving=None, fixed=None) -> list[str]:
+    """Warnings about the affine ``matrix`` (fixed world -> moving world): every check of
+    :data:`MATRIX_CHECKS`, plus the field-of-view overlap when both images are given (``Volume``
+    objects, or ``(shape, affine)`` boxes). Empty when the geometry looks plausible."""
+    warnings = [w for check in MATRIX_CHECKS for w in check(matrix)]
+    if moving is not None and fixed is not None:
+        warnings += check_fov_overlap(matrix, moving, fixed)
+    return warnings
+
+
+__all__ = ["affine_sanity", "check_determinant", "check_fov_overlap", "check_scale", "check_shear",
+           "fov_overlap", "scales_and_shears"]
