@@ -273,20 +273,22 @@ def _optimise(
 ) -> tuple[torch.Tensor, float]:
     """Adam on ``-similarity`` with a cosine-decayed step; ``mask`` zeroes the frozen
     parameters' steps. ``patience > 0``: stop once the best similarity has not risen by
-    ``1e-4`` (relative) for that many steps. Returns the parameters and the similarity at them
-    (optimisation points)."""
+    ``1e-4`` (relative) for that many steps. Returns the best parameters seen (the cost is
+    deterministic on the fixed point subset, and an early stop leaves Adam mid-oscillation)
+    and the similarity at them (optimisation points)."""
     params = params.detach().clone().requires_grad_(True)
     adam = _Adam(params.numel())
-    best, best_at = -math.inf, 0
+    best, best_at, best_params, rising = -math.inf, 0, params.detach().clone(), -math.inf
     for i in range(iterations):
         value = level.similarity(parameters_to_matrix(params, *centres))
         (grad,) = torch.autograd.grad(-value, params)
-        if patience:
-            current = float(value.detach())
-            if current > best + 1e-4 * abs(best):
-                best, best_at = current, i
-            elif i - best_at >= patience:
-                break
+        current = float(value.detach())
+        if current > best:
+            best, best_params = current, params.detach().clone()
+        if current > rising + 1e-4 * abs(rising):
+            rising, best_at = current, i
+        elif patience and i - best_at >= patience:
+            break
         if mask is not None:
             grad = grad * mask
         level.iterations += 1
@@ -294,7 +296,9 @@ def _optimise(
             adam.step(params, grad, lr * (0.1 + 0.45 * (1.0 + math.cos(math.pi * i / iterations))))
     with torch.no_grad():
         final = float(level.similarity(parameters_to_matrix(params, *centres)))
-    return params.detach(), final
+    if final >= best:
+        return params.detach(), final
+    return best_params, best
 
 
 def _initial_rotations(degrees: float) -> list[torch.Tensor]:

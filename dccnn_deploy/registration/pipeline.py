@@ -26,6 +26,7 @@ from dccnn_deploy import __version__
 from dccnn_deploy.checkpoint import DEFAULT_GRID, DEFAULT_SPACING_MM
 from dccnn_deploy.io import InputError, Volume, check_outputs_free, load_volume
 from dccnn_deploy.preprocess.affine import centre_of_mass, register_affine
+from dccnn_deploy.registration.sanity_affine import result_warnings
 from dccnn_deploy.preprocess.grid import Grid, model_grid, resample_to_grid
 from dccnn_deploy.preprocess.intensity import foreground_mask, normalise_intensity
 from dccnn_deploy.runtime.loading import Network, open_network
@@ -150,6 +151,8 @@ def register_files(
             "ncc_before": aff.similarity_before,
             "ncc_after": aff.similarity_after,
             "iterations": aff.iterations,
+            "cost": aff.cost, "mi_before": aff.mi_before, "mi_after": aff.mi_after, "overlap": aff.overlap,
+            "content": list(aff.content), "stripped": list(aff.stripped), "warnings": result_warnings(aff),
         }
     else:
         matrix, affine_info = np.eye(4), {"skipped": True}
