@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from dccnn_deploy.io import load_volume, save_volume
-from dccnn_deploy.metrics import dice, mean_of, tissue_classes
+from dccnn_deploy.metrics import dice, tissue_classes
 from dccnn_deploy.preprocess.affine import register_affine
 from dccnn_deploy.preprocess.grid import Grid, resample_to_grid
 from dccnn_deploy.preprocess.intensity import normalise_intensity

@@ -45,7 +45,7 @@ from dccnn_deploy.preprocess.grid import (
     voxel_transform,
 )
 from dccnn_deploy.preprocess.intensity import foreground_mask, normalise_intensity
-from dccnn_deploy.preprocess.mutual_information import BINS, mattes_mi, mutual_information_from_weights, parzen_weights
+from dccnn_deploy.preprocess.mutual_information import mattes_mi, mutual_information_from_weights, parzen_weights
 
 Progress = Callable[[str, float], None]
 Cost = Literal["auto", "mi", "ncc"]
