@@ -103,7 +103,9 @@ def test_auto_cost_is_mi_and_ncc_still_available(fixed_head):
     for cost in ("auto", "ncc"):
         result = register_affine(moving, affine, data, grid.affine, levels=(12.0, 6.0), iterations=(60, 40), cost=cost)
         assert result.cost == ("ncc" if cost == "ncc" else "mi")
-        assert _error_mm(result.matrix, np.linalg.inv(world), truth_points).mean() < 2.0
+        error = _error_mm(result.matrix, np.linalg.inv(world), truth_points).mean()
+        assert error < 3.0, (cost, error)  # half the finest level's 6 mm; about 10 mm unregistered
+    assert _error_mm(np.eye(4), np.linalg.inv(world), truth_points).mean() > 8.0
     with pytest.raises(ValueError, match="cost"):
         register_affine(moving, affine, data, grid.affine, cost="mse")
     with pytest.raises(ValueError, match="skull"):
@@ -126,7 +128,7 @@ def test_early_stopping_takes_fewer_steps(fixed_head):
 def test_skull_detection_by_tissue_volume():
     def ball(litres: float) -> tuple[np.ndarray, np.ndarray]:
         radius = (3 * litres * 1e6 / (4 * np.pi)) ** (1 / 3)
-        grid = model_grid((64, 64, 64), 2.0, (0.0, 0.0, 0.0))
+        grid = model_grid((100, 100, 100), 2.0, (0.0, 0.0, 0.0))
         inside = np.linalg.norm(grid_points(grid), axis=-1) < radius
         return inside.astype(np.float32) * 0.7, grid.affine
 
