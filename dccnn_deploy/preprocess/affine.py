@@ -5,24 +5,26 @@ convention), so ``resample_to_grid(moving, moving_affine, Grid(fixed.shape, fixe
 world_transform=M)`` puts the moving image on the fixed grid. Orientations (LIA, RAS, ...)
 and spacings never matter: both images are only ever read through their affines.
 
-Method: intensities to [0, 1] (robust percentiles); the centres of mass of the Otsu
-foregrounds give the initial translation; then, per level (default 8, 4, 2 mm), the moving
-image is box-downsampled and Gaussian-smoothed in its own voxel space, sampled at ``M @ x``
-for (a random subset of) the points ``x`` of an RAS grid over the fixed foreground, and Adam
-maximises the global NCC over translation, rotation vector, log-scales and shears about the
-fixed centre of mass. The coarsest level first runs short rigid optimisations from seven
-rotations (identity, +-20 degrees about each axis) and continues from the best one.
-
-Assumptions: same contrast (T1 to T1; NCC needs a linear intensity relation) and alike
-content: both heads with skull or both skull-stripped. A skull-stripped brain against a head
-with skull is stretched to fill the head (strip both, or neither).
+Method: each image is box-averaged once to about the finest level's spacing and put on
+[0, 1] (robust percentiles); the centres of mass of the Otsu foregrounds give the initial
+translation. When one image is a head with skull and the other a skull-stripped brain
+(:mod:`~dccnn_deploy.preprocess.brain_mask`: tissue volume), the head is stripped by the bundled
+template's brain mask carried through a template -> head registration, so that the skull
+cannot pull the brain into the shape of a head. Then, per level (default 8, 4, 2 mm), the
+moving image is Gaussian-smoothed in its own voxel space, sampled at ``M @ x`` for a random
+subset of the points ``x`` of an RAS grid over the fixed foreground, and Adam maximises the
+cost over translation, rotation vector, log-scales and shears about the fixed centre of mass.
+The cost is Mattes mutual information (:mod:`~dccnn_deploy.preprocess.mutual_information`;
+any contrasts) or global NCC (same contrast only). The coarsest level first runs short rigid
+optimisations from seven rotations (identity, +-20 degrees about each axis) and continues from
+the best one; a level stops early once the cost has stopped improving.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Literal, Sequence
 
 import numpy as np
@@ -33,6 +35,7 @@ from dccnn_deploy.metrics import ncc
 from dccnn_deploy.io.image import voxel_spacing
 from dccnn_deploy.ops.smoothing import gaussian_smooth
 from dccnn_deploy.ops.warp import identity_grid
+from dccnn_deploy.preprocess.brain_mask import TISSUE_LEVEL, has_skull, template_brain_mask
 from dccnn_deploy.preprocess.grid import (
     Grid,
     apply_affine,
@@ -42,33 +45,51 @@ from dccnn_deploy.preprocess.grid import (
     voxel_transform,
 )
 from dccnn_deploy.preprocess.intensity import foreground_mask, normalise_intensity
+from dccnn_deploy.preprocess.mutual_information import mattes_mi, mutual_information_from_weights, parzen_weights
 
 Progress = Callable[[str, float], None]
+Cost = Literal["auto", "mi", "ncc"]
+Skull = Literal["auto", "never"]
 
 _RADIUS_MM = 60.0  # rotation / log-scale / shear parameters are in mm of motion at this radius
 _MARGIN_MM = 12.0  # the fixed level grids cover the fixed foreground plus this margin
 _START_DEGREES = 20.0  # the coarsest level also starts from +-this rotation about each axis
 _RIGID = torch.tensor([1.0] * 6 + [0.0] * 6, dtype=torch.float64)
+_MI_VOXELS = 200_000  # voxels of the finest grid in the reported MI
+_TEMPLATE_LEVELS = ((8.0, 4.0), (60, 30))  # template head -> user head (for its brain mask only)
 
 
 @dataclass
 class AffineResult:
-    """``matrix``: 4x4 float64, fixed world -> moving world. Similarities: global NCC on the
-    finest level's fixed grid, before (headers only) and after the registration."""
+    """``matrix``: 4x4 float64, fixed world -> moving world. ``similarity_*``: global NCC on the
+    finest level's fixed grid, before (headers only) and after; ``mi_*``: Mattes MI (nats) there,
+    the contrast-blind twin. ``cost``: what was optimised (``"mi"`` or ``"ncc"``). ``content``:
+    ``"head"`` or ``"brain"`` for (moving, fixed); ``stripped``: the images whose skull was
+    masked out (by the template brain mask) before matching. ``overlap``: Dice of the moved and
+    fixed foregrounds (tissue above a tenth of the range, after any stripping) on the finest grid."""
 
     matrix: np.ndarray
     similarity_before: float
     similarity_after: float
     iterations: int
     seconds: float
+    cost: str = "ncc"
+    mi_before: float = float("nan")
+    mi_after: float = float("nan")
+    content: tuple[str, str] = ("brain", "brain")
+    stripped: tuple[str, ...] = field(default_factory=tuple)
+    overlap: float = float("nan")
 
 
 @dataclass
 class _Volume:
-    """A normalised image as a ``(1, 1, D, H, W)`` float32 tensor with its voxel -> world affine."""
+    """A normalised image as a ``(1, 1, D, H, W)`` float32 tensor with its voxel -> world affine,
+    the intensity-weighted foreground centre of mass and the foreground box corners (world)."""
 
     data: torch.Tensor
     affine: np.ndarray
+    centre: np.ndarray
+    corners: np.ndarray
 
 
 def centre_of_mass(weights: np.ndarray, affine: np.ndarray) -> np.ndarray:
@@ -94,37 +115,47 @@ def _foreground_corners(mask: np.ndarray, affine: np.ndarray) -> np.ndarray:
     return apply_affine(affine, corners)
 
 
-def _prepare(data: np.ndarray, affine: np.ndarray) -> tuple[_Volume, np.ndarray, np.ndarray]:
-    """Normalised volume, intensity-weighted foreground centre of mass (world), foreground corners."""
-    norm = normalise_intensity(np.squeeze(np.asarray(data)))
-    if norm.ndim != 3:
-        raise ValueError(f"expected a 3-D volume, got shape {np.shape(data)}")
-    mask = foreground_mask(norm)
-    com = centre_of_mass(np.where(mask, norm, 0.0), affine)
-    volume = _Volume(torch.from_numpy(norm)[None, None], np.asarray(affine, dtype=np.float64))
-    return volume, com, _foreground_corners(mask, affine)
-
-
-def _level_volume(volume: _Volume, spacing_mm: float) -> _Volume:
-    """Anti-aliased copy of ``volume`` for sampling at ``spacing_mm``, in its own voxel space.
-
-    Box-pools by powers of two while the voxels stay <= ``spacing_mm`` (the affine follows),
-    then Gaussian-smooths the small volume to a total blur of about ``spacing_mm / 2`` (sigma).
-    Smoothing before pooling would be cleaner but costs seconds on 256^3 volumes.
-    """
-    sizes = voxel_spacing(volume.affine)
+def _box_pool(data: torch.Tensor, affine: np.ndarray, spacing_mm: float) -> tuple[torch.Tensor, np.ndarray]:
+    """Average blocks of powers of two voxels while the voxels stay <= ``spacing_mm`` (the affine
+    follows)."""
+    sizes = voxel_spacing(affine)
     factors = [int(2 ** max(0, math.floor(math.log2(spacing_mm / s + 1e-6)))) for s in sizes]
-    data, affine = volume.data, volume.affine
-    if max(factors) > 1:
-        data = F.avg_pool3d(data, kernel_size=factors, stride=factors)
-        scale = np.diag([*factors, 1.0]).astype(np.float64)
-        scale[:3, 3] = (np.asarray(factors) - 1.0) / 2.0
-        affine = affine @ scale
+    if max(factors) == 1:
+        return data, affine
+    data = F.avg_pool3d(data, kernel_size=factors, stride=factors)  # whole blocks only
+    scale = np.diag([*factors, 1.0]).astype(np.float64)
+    scale[:3, 3] = (np.asarray(factors) - 1.0) / 2.0
+    return data, affine @ scale
+
+
+def _describe(normalised: np.ndarray, affine: np.ndarray) -> _Volume:
+    """A :class:`_Volume` of a ``[0, 1]`` array: foreground centre of mass and box corners."""
+    mask = foreground_mask(normalised)
+    centre = centre_of_mass(np.where(mask, normalised, 0.0), affine)
+    data = torch.from_numpy(np.ascontiguousarray(normalised, dtype=np.float32))[None, None]
+    return _Volume(data, np.asarray(affine, dtype=np.float64), centre, _foreground_corners(mask, affine))
+
+
+def _prepare(data: np.ndarray, affine: np.ndarray, finest_mm: float) -> _Volume:
+    """``data`` box-averaged to about ``finest_mm`` (never finer than given) and put on [0, 1]."""
+    array = np.squeeze(np.asarray(data))
+    if array.ndim != 3:
+        raise ValueError(f"expected a 3-D volume, got shape {np.shape(data)}")
+    tensor = torch.from_numpy(np.require(array, np.float32, ["C"]))[None, None]
+    pooled, affine = _box_pool(tensor, np.asarray(affine, dtype=np.float64), finest_mm)
+    return _describe(normalise_intensity(pooled[0, 0].numpy()), affine)
+
+
+def _level_volume(volume: _Volume, spacing_mm: float) -> tuple[torch.Tensor, np.ndarray]:
+    """Anti-aliased copy of ``volume`` for sampling at ``spacing_mm``, in its own voxel space:
+    box-pooled (:func:`_box_pool`), then Gaussian-smoothed to a total blur of about
+    ``spacing_mm / 2`` (sigma)."""
+    data, affine = _box_pool(volume.data, volume.affine, spacing_mm)
     pooled = float(np.mean(voxel_spacing(affine)))
     sigma_mm = math.sqrt(max(0.0, (spacing_mm / 2.0) ** 2 - pooled**2 / 12.0))
     if sigma_mm / pooled >= 0.3:
         data = gaussian_smooth(data, sigma_mm / pooled)
-    return _Volume(data.contiguous(), affine)
+    return data.contiguous(), affine
 
 
 def rotation_matrix(rotvec: torch.Tensor) -> torch.Tensor:
@@ -166,36 +197,51 @@ class _Level:
     """One resolution: the fixed image on an RAS grid and the moving image to sample.
 
     The optimisation reads at most ``max_points`` random voxels of the grid (a fixed subset, as
-    ITK's random sampling); :meth:`full_similarity` reads them all.
+    ITK's random sampling) and maximises ``cost`` there (NCC, or Mattes MI with the fixed
+    values' Parzen weights computed once); :meth:`full_similarity` reads them all.
     """
 
-    def __init__(self, fixed: _Volume, moving: _Volume, corners: np.ndarray, spacing_mm: float, max_points: int):
-        self.grid: Grid = bounding_grid(corners, spacing_mm, _MARGIN_MM)
-        fixed_level = _level_volume(fixed, spacing_mm)
-        to_fixed = torch.as_tensor(voxel_transform(fixed_level.affine, self.grid))
-        self.fixed = sample_affine(fixed_level.data, to_fixed, self.grid.shape)
-        self.moving = _level_volume(moving, spacing_mm)
-        self._world_to_moving = torch.as_tensor(np.linalg.inv(self.moving.affine))
-        self._grid_affine = torch.as_tensor(np.array(self.grid.affine))
+    def __init__(self, fixed: _Volume, moving: _Volume, spacing_mm: float, max_points: int, cost: str):
+        self.grid: Grid = bounding_grid(fixed.corners, spacing_mm, _MARGIN_MM)
+        fixed_data, fixed_affine = _level_volume(fixed, spacing_mm)
+        to_fixed = torch.as_tensor(voxel_transform(fixed_affine, self.grid))
+        self.fixed = sample_affine(fixed_data, to_fixed, self.grid.shape)
+        self.moving, self.moving_affine = _level_volume(moving, spacing_mm)
+        self._world_to_moving = torch.as_tensor(np.linalg.inv(self.moving_affine))
+        grid_affine = torch.as_tensor(np.array(self.grid.affine))
         keep = torch.arange(self.fixed.numel())
         if keep.numel() > max_points:  # sorted: memory-order reads in the moving volume
             keep = torch.randperm(keep.numel(), generator=torch.Generator().manual_seed(0))[:max_points].sort().values
         voxels = identity_grid(self.grid.shape, dtype=torch.float64).reshape(3, -1)[:, keep].T
-        self.points = (voxels @ self._grid_affine[:3, :3].T + self._grid_affine[:3, 3]).float()  # world mm (N, 3)
+        self.points = (voxels @ grid_affine[:3, :3].T + grid_affine[:3, 3]).float()  # world mm (N, 3)
         self.fixed_points = self.fixed.reshape(-1)[keep]
+        self.cost = cost
+        self._fixed_weights = parzen_weights(self.fixed_points) if cost == "mi" else None
         self.iterations = 0  # optimiser steps taken on this level
 
     def similarity(self, matrix: torch.Tensor) -> torch.Tensor:
-        """Global NCC of the moving image sampled at ``matrix @ x`` with the fixed image (points)."""
+        """The cost's similarity (NCC or MI) of the moving image at ``matrix @ x`` and the fixed
+        image at the optimisation points ``x``; differentiable in ``matrix``."""
         world_to_voxel = (self._world_to_moving @ matrix).float()
         coords = self.points @ world_to_voxel[:3, :3].T + world_to_voxel[:3, 3]
-        return _ncc(sample_points(self.moving.data, coords)[0, 0], self.fixed_points)
+        values = sample_points(self.moving, coords)[0, 0]
+        if self._fixed_weights is not None:
+            return mutual_information_from_weights(self._fixed_weights, parzen_weights(values))
+        return _ncc(values, self.fixed_points)
 
-    def full_similarity(self, matrix: np.ndarray) -> float:
-        """:func:`dccnn_deploy.metrics.ncc` of the fixed grid and the moving image at ``matrix @ x``."""
-        voxel_map = torch.as_tensor(voxel_transform(self.moving.affine, self.grid, matrix))
-        warped = sample_affine(self.moving.data, voxel_map, self.grid.shape)
-        return ncc(warped[0, 0].numpy(), self.fixed[0, 0].numpy())
+    def full_similarity(self, matrix: np.ndarray) -> tuple[float, float, float]:
+        """(NCC, Mattes MI, foreground Dice) of the whole fixed grid and the moving image at
+        ``matrix @ x`` (foregrounds: above :data:`TISSUE_LEVEL`, which any MR contrast's tissue
+        is, unlike an Otsu threshold that may split tissue classes)."""
+        voxel_map = torch.as_tensor(voxel_transform(self.moving_affine, self.grid, matrix))
+        warped = sample_affine(self.moving, voxel_map, self.grid.shape)[0, 0].numpy()
+        fixed = self.fixed[0, 0].numpy()
+        step = max(1, fixed.size // _MI_VOXELS)  # a regular subset: enough for a stable histogram
+        with torch.no_grad():
+            mi = float(mattes_mi(torch.from_numpy(fixed.reshape(-1)[::step]), torch.from_numpy(warped.reshape(-1)[::step])))
+        a, b = warped > TISSUE_LEVEL, fixed > TISSUE_LEVEL
+        overlap = 2.0 * float(np.count_nonzero(a & b)) / max(1, int(a.sum()) + int(b.sum()))
+        return ncc(warped, fixed), mi, overlap
 
 
 class _Adam:
@@ -223,16 +269,26 @@ def _optimise(
     iterations: int,
     lr: float,
     mask: torch.Tensor | None,
+    patience: int = 0,
 ) -> tuple[torch.Tensor, float]:
-    """Adam on ``-NCC`` with a cosine-decayed step; ``mask`` zeroes the frozen parameters' steps.
-
-    Returns the parameters and the NCC (optimisation points) at them.
-    """
+    """Adam on ``-similarity`` with a cosine-decayed step; ``mask`` zeroes the frozen
+    parameters' steps. ``patience > 0``: stop once the best similarity has not risen by
+    ``1e-4`` (relative) for that many steps. Returns the best parameters seen (the cost is
+    deterministic on the fixed point subset, and an early stop leaves Adam mid-oscillation)
+    and the similarity at them (optimisation points)."""
     params = params.detach().clone().requires_grad_(True)
     adam = _Adam(params.numel())
+    best, best_at, best_params, rising = -math.inf, 0, params.detach().clone(), -math.inf
     for i in range(iterations):
-        loss = -level.similarity(parameters_to_matrix(params, *centres))
-        (grad,) = torch.autograd.grad(loss, params)
+        value = level.similarity(parameters_to_matrix(params, *centres))
+        (grad,) = torch.autograd.grad(-value, params)
+        current = float(value.detach())
+        if current > best:
+            best, best_params = current, params.detach().clone()
+        if current > rising + 1e-4 * abs(rising):
+            rising, best_at = current, i
+        elif patience and i - best_at >= patience:
+            break
         if mask is not None:
             grad = grad * mask
         level.iterations += 1
@@ -240,7 +296,9 @@ def _optimise(
             adam.step(params, grad, lr * (0.1 + 0.45 * (1.0 + math.cos(math.pi * i / iterations))))
     with torch.no_grad():
         final = float(level.similarity(parameters_to_matrix(params, *centres)))
-    return params.detach(), final
+    if final >= best:
+        return params.detach(), final
+    return best_params, best
 
 
 def _initial_rotations(degrees: float) -> list[torch.Tensor]:
@@ -254,6 +312,17 @@ def _initial_rotations(degrees: float) -> list[torch.Tensor]:
     return starts
 
 
+def _coarse_search(
+    level: _Level, centres: tuple[torch.Tensor, torch.Tensor], steps: int, lr: float, mask: torch.Tensor | None,
+    patience: int,
+) -> torch.Tensor:
+    """Coarsest level: short rigid runs from a few rotations; the best one goes on for ``steps``."""
+    trial = max(5, steps // 4)
+    candidates = [_optimise(level, p, centres, trial, lr, _RIGID) for p in _initial_rotations(_START_DEGREES)]
+    params = max(candidates, key=lambda c: c[1])[0]
+    return _optimise(level, params, centres, steps, lr, mask, patience)[0]
+
+
 def register_affine(
     moving: np.ndarray,
     moving_affine: np.ndarray,
@@ -263,83 +332,109 @@ def register_affine(
     iterations: Sequence[int] = (100, 60, 40),
     dof: Literal["affine", "rigid"] = "affine",
     progress: Progress | None = None,
-    max_points: int = 60_000,
+    max_points: int = 20_000,
     num_threads: int | None = 1,
+    cost: Cost = "auto",
+    skull: Skull = "auto",
+    patience: int = 10,
 ) -> AffineResult:
     """Affine (12 dof) or rigid (6 dof) registration of ``moving`` to ``fixed`` in world space.
 
     ``moving`` / ``fixed``: (D, H, W) arrays (a trailing singleton axis is dropped) with 4x4
-    voxel -> world affines. ``levels``: grid spacings (mm), coarse to fine, ``iterations`` per
-    level. ``progress(message, fraction)`` is called once per level. ``max_points``: fixed voxels
-    read per iteration (a random subset of the level grid when it has more). ``num_threads``:
-    torch intra-op threads while registering (restored after; None leaves them): each step is
-    small, and on a busy CPU OpenMP barriers across threads cost ten times the work itself.
-    Returns the fixed world -> moving world matrix and the global NCC on the finest grid before
-    (headers only) and after.
+    voxel -> world affines. ``levels``: grid spacings (mm), coarse to fine, at most
+    ``iterations`` steps per level (fewer once converged: ``patience`` steps without gain; 0
+    runs them all). ``progress(message, fraction)`` is called once per level. ``max_points``:
+    fixed voxels read per step (a random subset of the level grid when it has more).
+    ``cost``: ``"mi"`` (Mattes mutual information, any contrasts), ``"ncc"`` (same contrast
+    only) or ``"auto"`` (MI). ``skull``: ``"auto"`` strips a head's skull with the template
+    brain mask when the other image is a skull-stripped brain; ``"never"`` matches the images
+    as they are. ``num_threads``: torch intra-op threads while registering (restored after;
+    None leaves them): each step is small, and on a busy CPU OpenMP barriers across threads
+    cost ten times the work itself. Returns the fixed world -> moving world matrix with the
+    NCC and MI on the finest grid before (headers only) and after.
     """
     if dof not in ("affine", "rigid"):
         raise ValueError(f"dof must be 'affine' or 'rigid', got {dof!r}")
+    if cost not in ("auto", "mi", "ncc"):
+        raise ValueError(f"cost must be 'auto', 'mi' or 'ncc', got {cost!r}")
+    if skull not in ("auto", "never"):
+        raise ValueError(f"skull must be 'auto' or 'never', got {skull!r}")
     if len(levels) != len(iterations) or not levels:
         raise ValueError("levels and iterations must have the same, non-zero length")
     previous = torch.get_num_threads()
     if num_threads is not None:
         torch.set_num_threads(num_threads)
     try:
-        return _register(moving, moving_affine, fixed, fixed_affine, levels, iterations, dof, progress, max_points)
+        start = time.perf_counter()
+        moving_vol = _prepare(moving, moving_affine, min(levels))
+        fixed_vol = _prepare(fixed, fixed_affine, min(levels))
+        content = tuple("head" if has_skull(v.data[0, 0].numpy(), v.affine) else "brain" for v in (moving_vol, fixed_vol))
+        stripped: tuple[str, ...] = ()
+        if skull == "auto" and content[0] != content[1]:
+            if content[0] == "head":
+                moving_vol, stripped = _strip_skull(moving_vol), ("moving",)
+            else:
+                fixed_vol, stripped = _strip_skull(fixed_vol), ("fixed",)
+        name = "ncc" if cost == "ncc" else "mi"
+        params, level, total = _align(moving_vol, fixed_vol, levels, iterations, dof, name, progress, max_points, patience)
+        with torch.no_grad():
+            matrix = parameters_to_matrix(params, torch.as_tensor(fixed_vol.centre), torch.as_tensor(moving_vol.centre))
+            matrix = matrix.numpy().copy()
+        (ncc_before, mi_before, _), (ncc_after, mi_after, overlap) = (
+            level.full_similarity(np.eye(4)), level.full_similarity(matrix))
+        if progress is not None:
+            progress("affine done", 1.0)
+        return AffineResult(
+            matrix=matrix, similarity_before=ncc_before, similarity_after=ncc_after, iterations=total,
+            seconds=time.perf_counter() - start, cost=name, mi_before=mi_before, mi_after=mi_after,
+            content=content, stripped=stripped, overlap=overlap,
+        )
     finally:
         torch.set_num_threads(previous)
 
 
-def _register(
-    moving: np.ndarray,
-    moving_affine: np.ndarray,
-    fixed: np.ndarray,
-    fixed_affine: np.ndarray,
+def _align(
+    moving: _Volume,
+    fixed: _Volume,
     levels: Sequence[float],
     iterations: Sequence[int],
     dof: str,
+    cost: str,
     progress: Progress | None,
     max_points: int,
-) -> AffineResult:
-    """:func:`register_affine` without the argument checks and the thread setting."""
-    start = time.perf_counter()
-    fixed_vol, centre_fixed, corners = _prepare(fixed, fixed_affine)
-    moving_vol, centre_moving, _ = _prepare(moving, moving_affine)
-    centres = (torch.as_tensor(centre_fixed), torch.as_tensor(centre_moving))
+    patience: int,
+) -> tuple[torch.Tensor, _Level, int]:
+    """Coarse-to-fine optimisation: the 12 parameters, the finest level and the steps taken."""
+    centres = (torch.as_tensor(fixed.centre), torch.as_tensor(moving.centre))
     rigid_mask = _RIGID if dof == "rigid" else None
-
     params = torch.zeros(12, dtype=torch.float64)
     level, total = None, 0
     for index, (spacing, steps) in enumerate(zip(levels, iterations)):
         if progress is not None:
             progress(f"affine level {index + 1}/{len(levels)}: {spacing:g} mm", index / len(levels))
-        level = _Level(fixed_vol, moving_vol, corners, spacing, max_points)
+        level = _Level(fixed, moving, spacing, max_points, cost)
         lr = 0.15 * spacing
         if index == 0:
-            params = _coarse_search(level, centres, steps, lr, rigid_mask)
+            params = _coarse_search(level, centres, steps, lr, rigid_mask, patience)
         else:
-            params, _ = _optimise(level, params, centres, steps, lr, rigid_mask)
+            params, _ = _optimise(level, params, centres, steps, lr, rigid_mask, patience)
         total += level.iterations
+    return params, level, total
 
+
+def _template_to(template: np.ndarray, template_affine: np.ndarray, image: np.ndarray, affine: np.ndarray) -> np.ndarray:
+    """Image world -> template world (4x4): the template head registered to a head, by MI."""
+    moving = _describe(template, template_affine)
+    fixed = _describe(image, affine)
+    levels, iterations = _TEMPLATE_LEVELS
+    params, _, _ = _align(moving, fixed, levels, iterations, "affine", "mi", None, 20_000, 10)
     with torch.no_grad():
-        matrix = parameters_to_matrix(params, *centres).numpy().copy()
-        before, after = level.full_similarity(np.eye(4)), level.full_similarity(matrix)
-    if progress is not None:
-        progress("affine done", 1.0)
-    return AffineResult(
-        matrix=matrix,
-        similarity_before=before,
-        similarity_after=after,
-        iterations=total,
-        seconds=time.perf_counter() - start,
-    )
+        matrix = parameters_to_matrix(params, torch.as_tensor(fixed.centre), torch.as_tensor(moving.centre))
+    return matrix.numpy().copy()
 
 
-def _coarse_search(
-    level: _Level, centres: tuple[torch.Tensor, torch.Tensor], steps: int, lr: float, mask: torch.Tensor | None
-) -> torch.Tensor:
-    """Coarsest level: short rigid runs from a few rotations; the best one goes on for ``steps``."""
-    trial = max(5, steps // 4)
-    candidates = [_optimise(level, p, centres, trial, lr, _RIGID) for p in _initial_rotations(_START_DEGREES)]
-    params = max(candidates, key=lambda c: c[1])[0]
-    return _optimise(level, params, centres, steps, lr, mask)[0]
+def _strip_skull(volume: _Volume) -> _Volume:
+    """``volume`` times its template brain mask, renormalised to [0, 1]."""
+    image = volume.data[0, 0].numpy()
+    brain = image * template_brain_mask(image, volume.affine, _template_to)
+    return _describe(normalise_intensity(brain), volume.affine)

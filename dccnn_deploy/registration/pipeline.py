@@ -33,6 +33,7 @@ from dccnn_deploy.registration.inputs import ImageLike, to_volume
 from dccnn_deploy.registration.outputs import output_files, select_outputs
 from dccnn_deploy.registration.prepare import PreparedPair, prepare_pair
 from dccnn_deploy.registration.result import RegistrationResult
+from dccnn_deploy.registration.sanity_affine import overlap_warnings, similarity_warnings
 from dccnn_deploy.runtime.loading import Network, open_network
 from dccnn_deploy.registration.provenance import input_record, options_record
 from dccnn_deploy.registration.sanity import affine_sanity
@@ -142,8 +143,13 @@ def run(moving: ImageLike, fixed: ImageLike, opts: RegisterOptions | None = None
     say("affine pre-alignment")
     if opts.affine:
         aff = stages.run("affine", register_affine, moving_v.data, moving_v.affine, fixed_v.data, fixed_v.affine)
-        matrix = aff.matrix
-        affine_info = {"ncc_before": aff.similarity_before, "ncc_after": aff.similarity_after, "iterations": aff.iterations}
+        matrix, affine_info = aff.matrix, {
+            "ncc_before": aff.similarity_before,
+            "ncc_after": aff.similarity_after,
+            "iterations": aff.iterations,
+            "cost": aff.cost, "mi_before": aff.mi_before, "mi_after": aff.mi_after, "overlap": aff.overlap,
+            "content": list(aff.content), "stripped": list(aff.stripped),
+        }
     else:
         matrix, affine_info = np.eye(4), {"skipped": True}
 
@@ -168,7 +174,8 @@ def run(moving: ImageLike, fixed: ImageLike, opts: RegisterOptions | None = None
         "affine": affine_info,
         "inputs": inputs,
         "options": options_record(opts),
-        "warnings": affine_sanity(matrix, moving_v, fixed_v),
+        "warnings": affine_sanity(matrix, moving_v, fixed_v) + (similarity_warnings(aff.mi_before, aff.mi_after)
+                                                              + overlap_warnings(aff.overlap) if opts.affine else []),
     }
     seconds = {**stages.seconds, "compute": round(time.perf_counter() - start, 3)}
     seconds["total"] = seconds["compute"]

@@ -2,11 +2,8 @@
 returning warning strings (empty when fine). :func:`affine_sanity` runs the affine ones.
 
 ``matrix`` is the 4x4 RAS map fixed world -> moving world (what the pipeline estimates).
-Scales and shears come from its linear part ``L = Q R`` (QR, ``Q`` a rotation): the per-axis
-scales are ``|diag R|`` and the shears ``R_ij / R_ii``, as in ITK's scale-skew versor
-decomposition. Bounds are symmetric under inversion (0.67 ~ 1/1.5, 0.4 = 1/2.5), so it does
-not matter which way round the matrix is read. Between two adult heads, scale factors beyond
-them mean the affine stretched one image to fit a partial field of view or the wrong structure.
+Its scale, shear and determinant bounds are :func:`~dccnn_deploy.registration.sanity_affine.geometry_warnings`
+(the one implementation; the contrast-robust MI and overlap checks live there too).
 The field-of-view overlap counts foreground voxels (Otsu, as the pipeline's grid placement)
 so that the air around a head, or a large neck-to-vertex box, raises no warning.
 """
@@ -17,57 +14,13 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-SCALE_RANGE = (0.67, 1.5)
-MAX_SHEAR = 0.25
-DET_RANGE = (0.4, 2.5)
+from dccnn_deploy.registration.sanity_affine import geometry_warnings
+
 MIN_FIXED_COVERED = 0.6  # share of the fixed foreground inside the moved moving image's box
 MIN_MOVING_INSIDE = 0.5  # share of the moved moving foreground inside the fixed image's box
 
 Box = tuple[Sequence[int], np.ndarray]  # (shape, voxel -> world affine): the whole image box
 MAX_POINTS = 20000  # foreground voxels sampled per image for the overlap
-
-
-def _linear(matrix: np.ndarray) -> np.ndarray:
-    m = np.asarray(matrix, dtype=np.float64)
-    if m.shape != (4, 4) or not np.isfinite(m).all():
-        raise ValueError("expected a finite 4x4 matrix")
-    return m[:3, :3]
-
-
-def scales_and_shears(matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per-axis scales (3,) and shears (xy, xz, yz) of the linear part (QR decomposition)."""
-    _, r = np.linalg.qr(_linear(matrix))
-    scales = np.abs(np.diag(r))
-    safe = np.where(scales > 0, scales, 1.0)
-    shears = np.array([r[0, 1] / safe[0], r[0, 2] / safe[0], r[1, 2] / safe[1]])
-    return scales, np.abs(shears)
-
-
-def check_scale(matrix: np.ndarray) -> list[str]:
-    """A per-axis scale outside :data:`SCALE_RANGE`."""
-    scales, _ = scales_and_shears(matrix)
-    lo, hi = SCALE_RANGE
-    bad = [f"{s:.2f}" for s in scales if not lo <= s <= hi]
-    if not bad:
-        return []
-    return [f"affine scale {', '.join(f'{s:.2f}' for s in scales)} per axis is outside [{lo}, {hi}]"]
-
-
-def check_shear(matrix: np.ndarray) -> list[str]:
-    """A shear above :data:`MAX_SHEAR`."""
-    _, shears = scales_and_shears(matrix)
-    if shears.max() <= MAX_SHEAR:
-        return []
-    return [f"affine shear {shears.max():.2f} is above {MAX_SHEAR}"]
-
-
-def check_determinant(matrix: np.ndarray) -> list[str]:
-    """A reflection, or a volume change outside :data:`DET_RANGE`."""
-    det = float(np.linalg.det(_linear(matrix)))
-    if det <= 0:
-        return [f"affine determinant {det:.2f} <= 0 (a reflection or collapse)"]
-    lo, hi = DET_RANGE
-    return [] if lo <= det <= hi else [f"affine volume change {det:.2f} is outside [{lo}, {hi}]"]
 
 
 def _lattice(shape: Sequence[int], n: int = 12) -> np.ndarray:
@@ -122,7 +75,7 @@ def check_fov_overlap(matrix: np.ndarray, moving, fixed) -> list[str]:
     return out
 
 
-MATRIX_CHECKS: list[Callable[[np.ndarray], list[str]]] = [check_scale, check_shear, check_determinant]
+MATRIX_CHECKS: list[Callable[[np.ndarray], list[str]]] = [geometry_warnings]
 
 
 def affine_sanity(matrix: np.ndarray, moving=None, fixed=None) -> list[str]:

