@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 import torch
+import torch.nn.functional as F
 
 from dccnn_deploy.ops.jacobian import spatial_gradient
 from dccnn_deploy.ops.smoothing import gaussian_smooth
@@ -142,13 +143,16 @@ def make_similarity(name: str, window: int = 9) -> Similarity:
 
 def contrast_agreement(moving: torch.Tensor, fixed: torch.Tensor, threshold: float = 0.05) -> float:
     """Pearson correlation of the two (affinely aligned, same-grid) images inside their joint
-    foreground (both above ``threshold`` of [0, 1] intensities), after a 1-voxel Gaussian blur
-    so residual misalignment matters less. Near 1: same contrast; near or below 0: different."""
-    a, b = (gaussian_smooth(t.float().reshape(1, 1, *t.shape[-3:]), 1.0).flatten() for t in (moving, fixed))
-    mask = (a > threshold) & (b > threshold)
+    foreground (both above ``threshold`` of [0, 1] intensities, eroded by 2 voxels so that the
+    shared tissue/background edge does not count), after a 1-voxel Gaussian blur so that residual
+    misalignment matters less. Near 1: same contrast; near or below 0: different."""
+    a, b = (t.float().reshape(1, 1, *t.shape[-3:]) for t in (moving, fixed))
+    outside = ((a <= threshold) | (b <= threshold)).float()
+    mask = F.max_pool3d(outside, 5, stride=1, padding=2).flatten() == 0
     if int(mask.sum()) < 10:
         return 0.0
-    a, b = a[mask] - a[mask].mean(), b[mask] - b[mask].mean()
+    a, b = (gaussian_smooth(t, 1.0).flatten()[mask] for t in (a, b))
+    a, b = a - a.mean(), b - b.mean()
     denom = torch.sqrt((a * a).sum() * (b * b).sum())
     return float((a * b).sum() / denom) if float(denom) > 0 else 0.0
 

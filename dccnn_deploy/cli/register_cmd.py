@@ -15,9 +15,9 @@ from dccnn_deploy.registration import RegisterOptions, register_files
 
 
 def options_from_cli(
-    model: Optional[Path], backend: str, device: str, refine: int, no_affine: bool, overwrite: bool,
+    model: Optional[Path], backend: str, device: str, refine: int | str, no_affine: bool, overwrite: bool,
     moving_labels: Optional[Path] = None, fixed_labels: Optional[Path] = None,
-    grid: Optional[str] = None, spacing: Optional[float] = None,
+    grid: Optional[str] = None, spacing: Optional[float] = None, similarity: str = "auto",
 ) -> RegisterOptions:
     """RegisterOptions with the shipped default model when ``--model`` is not given."""
     chosen = model if model is not None else default_model_path()
@@ -35,7 +35,7 @@ def options_from_cli(
             raise InputError(f"--spacing {spacing}: must be > 0 mm")
         extra["spacing_mm"] = float(spacing)
     return RegisterOptions(
-        model=str(chosen) if chosen else None, backend=backend, device=device, refine=refine,
+        model=str(chosen) if chosen else None, backend=backend, device=device, refine=refine, similarity=similarity,
         affine=not no_affine, overwrite=overwrite,
         moving_labels=str(moving_labels) if moving_labels else None,
         fixed_labels=str(fixed_labels) if fixed_labels else None,
@@ -72,7 +72,10 @@ def register(
     model: Optional[Path] = typer.Option(None, "--model", help="Checkpoint (.pt) or exported .onnx; default: the shipped model."),
     backend: str = typer.Option("torch", help="torch | onnxruntime | tensorrt."),
     device: str = typer.Option("cpu", help="cpu | cuda."),
-    refine: int = typer.Option(0, help="Instance-optimisation iterations after the network (0: none)."),
+    refine: str = typer.Option(
+        "0", help="Instance optimisation after the network: a preset (fast, accurate) or an iteration count (0: none)."
+    ),
+    similarity: str = typer.Option("auto", help="Refine similarity: lncc | mind | ngf | auto (mind when contrasts differ)."),
     moving_labels: Optional[Path] = typer.Option(None, help="Label map of the moving image."),
     fixed_labels: Optional[Path] = typer.Option(None, help="Label map of the fixed image (Dice/HD95)."),
     no_affine: bool = typer.Option(False, "--no-affine", help="Skip affine pre-alignment (already aligned)."),
@@ -83,7 +86,8 @@ def register(
     """Register MOVING to FIXED: moved images, forward/inverse ITK warps, Jacobian, QC, report."""
     with user_errors():
         opts = options_from_cli(
-            model, backend, device, refine, no_affine, overwrite, moving_labels, fixed_labels, grid, spacing
+            model, backend, device, refine, no_affine, overwrite, moving_labels, fixed_labels, grid, spacing,
+            similarity,
         )
         with console.status("registering") as status:
             report = register_files(moving, fixed, out, opts, progress=lambda msg: status.update(msg))

@@ -24,6 +24,7 @@ import torch
 
 from dccnn_deploy import __version__
 from dccnn_deploy.checkpoint import DEFAULT_GRID, DEFAULT_SPACING_MM
+from dccnn_deploy.ops.invert import make_inverse_consistent
 from dccnn_deploy.io import InputError, Volume, check_outputs_free, load_volume
 from dccnn_deploy.preprocess.affine import centre_of_mass, register_affine
 from dccnn_deploy.preprocess.grid import Grid, model_grid, resample_to_grid
@@ -42,7 +43,8 @@ class RegisterOptions:
     model: str | None = None
     backend: str = "torch"
     device: str = "cpu"
-    refine: int = 0
+    refine: int | str = 0
+    similarity: str = "auto"
     affine: bool = True
     moving_labels: str | None = None
     fixed_labels: str | None = None
@@ -101,13 +103,21 @@ def _network_fields(network: Network | None, moving_g, fixed_g):
     return torch.from_numpy(np.ascontiguousarray(fwd))[None], torch.from_numpy(np.ascontiguousarray(inv))[None]
 
 
-def _refine(opts: RegisterOptions, moving_g, fixed_g, fwd, inv):
+def _refine(settings, moving_g, fixed_g, fwd, inv):
     from dccnn_deploy.refine import refine
 
-    result = refine(
-        torch.from_numpy(moving_g)[None, None], torch.from_numpy(fixed_g)[None, None], opts.refine, fwd, inv
-    )
-    return result.forward, result.inverse
+    result = refine(torch.from_numpy(moving_g)[None, None], torch.from_numpy(fixed_g)[None, None], settings, fwd, inv)
+    info = {"preset": settings.name, "similarity": result.similarity, "iterations": result.iterations}
+    return result.forward, result.inverse, info
+
+
+def _refine_settings(opts: RegisterOptions):
+    from dccnn_deploy.refine import refine_settings
+
+    try:
+        return refine_settings(opts.refine, opts.similarity)
+    except ValueError as err:
+        raise InputError(str(err)) from None
 
 
 def register_files(
@@ -121,7 +131,8 @@ def register_files(
     opts = opts or RegisterOptions()
     say = progress or (lambda _msg: None)
     out_dir = Path(out_dir)
-    if opts.model is None and opts.refine <= 0:
+    settings = _refine_settings(opts)
+    if opts.model is None and settings.total_iterations == 0:
         raise InputError("no model: pass --model CHECKPOINT (or train one) or --refine N")
     if (opts.moving_labels is None) != (opts.fixed_labels is None):
         raise InputError("label maps: give both --moving-labels and --fixed-labels, or neither")
@@ -160,9 +171,12 @@ def register_files(
 
     say(f"network ({network.backend.name})" if network else "no network: refinement from the identity")
     fwd, inv = stages.run("network", _network_fields, network, moving_g, fixed_g)
-    if opts.refine > 0:
-        say(f"refining ({opts.refine} iterations)")
-        fwd, inv = stages.run("refine", _refine, opts, moving_g, fixed_g, fwd, inv)
+    refine_info = None
+    if settings.total_iterations > 0:
+        say(f"refining ({settings.name})")
+        fwd, inv, refine_info = stages.run("refine", _refine, settings, moving_g, fixed_g, fwd, inv)
+    if fwd is not None:  # the written inverse is the numerical inverse of the forward map
+        fwd, inv = stages.run("invert", make_inverse_consistent, fwd, inv)
 
     registration = Registration(affine=matrix, grid=prepared.grid, forward=fwd, inverse=inv)
     say("writing outputs")
@@ -174,7 +188,8 @@ def register_files(
         "model": {"path": network.path, "sha256": network.sha256} if network else None,
         "backend": network.backend.name if network else None,
         "device": opts.device,
-        "refine_iterations": opts.refine,
+        "refine_iterations": settings.total_iterations,
+        "refine": refine_info,
         "grid": {"shape": list(shape), "spacing_mm": spacing},
         "affine": affine_info,
     }
