@@ -78,8 +78,8 @@ def _even_split(n: int, levels: int = 3) -> tuple[int, ...]:
 
 #: named presets (``--refine fast``); the measurements behind them are in docs/benchmarks.md
 PRESETS: dict[str, RefineSettings] = {
-    "fast": RefineSettings(iterations=(60, 40, 0), patience=10, name="fast"),
-    "accurate": RefineSettings(iterations=(100, 80, 40), patience=15, name="accurate"),
+    "fast": RefineSettings(iterations=(0, 40, 12), symmetric=False, patience=10, name="fast"),
+    "accurate": RefineSettings(iterations=(0, 80, 40), patience=15, name="accurate"),
 }
 
 

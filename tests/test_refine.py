@@ -109,27 +109,30 @@ def test_make_inverse_consistent_fixes_a_poor_inverse():
     shape = (16, 18, 14)
     fwd = _smooth_field(shape, 2.0, seed=1)
     poor = invert_displacement(fwd) + 0.3 * _smooth_field(shape, 1.0, seed=2)
-    before = inverse_consistency(fwd[0], poor[0])["mean"]
+    interior = (slice(None), slice(None), slice(3, -3), slice(3, -3), slice(3, -3))
+    before = float(inverse_residual(fwd, poor)[interior].mean())
     f2, i2 = make_inverse_consistent(fwd, poor)
     assert torch.equal(f2, fwd)
-    assert inverse_consistency(f2[0], i2[0])["mean"] < 0.1 * before
+    assert float(inverse_residual(f2, i2)[interior].mean()) < min(0.1 * before, 0.01)
+    assert inverse_consistency(f2[0], i2[0])["mean"] < inverse_consistency(fwd[0], poor[0])["mean"]
 
 
 @pytest.mark.parametrize("similarity,contrast", [("lncc", "same"), ("mind", "inverted")])
 def test_refine_recovers_a_deformation(similarity, contrast):
-    shape = (20, 24, 18)
+    shape = (16, 18, 14)
     fixed = _textured(shape)
-    true = _smooth_field(shape, 1.5, seed=3)
+    true = _smooth_field(shape, 1.2, seed=3)
     from dccnn_deploy.ops.warp import warp_gridsample
 
     moving = warp_gridsample(fixed, invert_displacement(true, 30))  # fixed = moving o true
     if contrast == "inverted":
         moving = torch.where(moving > 0.05, 1.05 - moving, torch.zeros_like(moving))
-    settings = RefineSettings(iterations=(0, 40, 20), similarity=similarity, lr=0.2, smooth=0.05)
+    settings = RefineSettings(iterations=(0, 25, 8), similarity=similarity, lr=0.1, smooth=0.05)
     result = refine(moving, fixed, settings)
     assert result.similarity == similarity
-    err_before = true.norm(dim=1).mean()
-    err_after = (result.forward - true).norm(dim=1).mean()
+    inside = (fixed > 0.1).expand(1, 3, *shape)  # no image information in the background
+    err_before = true[inside].abs().mean()
+    err_after = (result.forward - true)[inside].abs().mean()
     assert float(err_after) < 0.7 * float(err_before)
     assert float(inverse_residual(result.forward, result.inverse).mean()) < 0.1
 
