@@ -36,7 +36,9 @@ def register(
     fixed: ImageLike,
     *,
     model: str | os.PathLike | Network | bool | None = None,
-    refine: int = 0,
+    refine: int | str = 0,
+    similarity: str = "auto",
+    passes: int | None = None,
     backend: str | None = None,
     device: str = "cpu",
     affine: bool = True,
@@ -55,7 +57,11 @@ def register(
     * ``model``: checkpoint (``.pt``), ``.onnx`` or TensorRT ``.engine``; ``None``: the shipped
       default model; ``False``/``"none"``: no network (needs ``refine``); an open
       :class:`~dccnn_deploy.runtime.loading.Network` (load once, register many);
-    * ``refine``: instance-optimisation iterations after the network (0: none);
+    * ``refine``: instance optimisation after the network: a preset (``"fast"``,
+      ``"accurate"``) or an iteration count (0: none); ``similarity``: its cost (``lncc``,
+      ``mind``, ``ngf``; ``auto``: ``mind`` when the contrasts differ);
+    * ``passes``: network passes (None: the model's recommendation, one pass when the contrasts
+      differ);
     * ``backend``: ``torch``/``onnxruntime``/``tensorrt``; ``None``: from the model file's kind;
     * ``device``: ``cpu`` or ``cuda``; ``affine``: False to skip pre-alignment;
     * ``moving_labels``/``fixed_labels``: label maps (both or neither): ``moved_labels`` and
@@ -78,7 +84,7 @@ def register(
     """
     opts = RegisterOptions(
         model=model if isinstance(model, Network) else resolve_model(model),
-        backend=backend, device=device, refine=int(refine), affine=affine,
+        backend=backend, device=device, refine=refine, similarity=similarity, passes=passes, affine=affine,
         moving_labels=moving_labels, fixed_labels=fixed_labels,
         grid_shape=tuple(grid_shape), spacing_mm=float(spacing_mm),
     )

@@ -49,7 +49,8 @@ def export(
         refuse_existing(out, overwrite)
         bundle = load_model(checkpoint)
         meta = {"spacing": str(bundle.spacing_mm), "normalisation": str(bundle.metadata.get("normalisation")),
-                "source_checkpoint_sha256": bundle.sha256}
+                "source_checkpoint_sha256": bundle.sha256,
+                "inference_passes": str(bundle.metadata.get("inference_passes", 1))}
         columns = (SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn())
         with Progress(*columns, console=console) as progress:
             task = progress.add_task(f"exporting {bundle.grid_shape} ({sampler}{', fp16' if fp16 else ''})")

@@ -19,9 +19,10 @@ from dccnn_deploy.cli.guard import claimed_output, report_warnings
 
 
 def options_from_cli(
-    model: Optional[Path], backend: Optional[str], device: str, refine: int, no_affine: bool, overwrite: bool,
+    model: Optional[Path], backend: Optional[str], device: str, refine: int | str, no_affine: bool, overwrite: bool,
     moving_labels: Optional[Path] = None, fixed_labels: Optional[Path] = None,
     grid: Optional[str] = None, spacing: Optional[float] = None, outputs: Optional[str] = None,
+    similarity: str = "auto", passes: Optional[int] = None,
 ) -> "RegisterOptions":
     """RegisterOptions from the command line; the model is resolved as the API does (the shipped
     default when ``--model`` is not given, none with ``--model none``). Checked at once."""
@@ -43,7 +44,7 @@ def options_from_cli(
         extra["spacing_mm"] = float(spacing)
     opts = RegisterOptions(
         model=resolve_model(str(model) if model is not None else None), backend=backend, device=device,
-        refine=refine, affine=not no_affine, overwrite=overwrite,
+        refine=refine, similarity=similarity, passes=passes, affine=not no_affine, overwrite=overwrite,
         moving_labels=str(moving_labels) if moving_labels else None,
         fixed_labels=str(fixed_labels) if fixed_labels else None,
         outputs=outputs, **extra,
@@ -101,7 +102,13 @@ def register(
     ),
     backend: Optional[str] = typer.Option(None, help="torch | onnxruntime | tensorrt (default: from the model file)."),
     device: str = typer.Option("cpu", help="cpu | cuda."),
-    refine: int = typer.Option(0, help="Instance-optimisation iterations after the network (0: none)."),
+    refine: str = typer.Option(
+        "0", help="Instance optimisation after the network: a preset (fast, accurate) or an iteration count (0: none)."
+    ),
+    similarity: str = typer.Option("auto", help="Refine similarity: lncc | mind | ngf | auto (mind when contrasts differ)."),
+    passes: Optional[int] = typer.Option(
+        None, help="Network passes (default: the model's recommendation for one contrast, 1 when contrasts differ)."
+    ),
     moving_labels: Optional[Path] = typer.Option(None, help="Label map of the moving image."),
     fixed_labels: Optional[Path] = typer.Option(None, help="Label map of the fixed image (Dice/HD95)."),
     no_affine: bool = typer.Option(False, "--no-affine", help="Skip affine pre-alignment (already aligned)."),
@@ -118,7 +125,8 @@ def register(
     """Register MOVING to FIXED: moved images, forward/inverse ITK warps, Jacobian, QC, report."""
     with user_errors():
         opts = options_from_cli(
-            model, backend, device, refine, no_affine, overwrite, moving_labels, fixed_labels, grid, spacing, outputs
+            model, backend, device, refine, no_affine, overwrite, moving_labels, fixed_labels, grid, spacing, outputs,
+            similarity, passes,
         )
         with claimed_output(out, overwrite):
             report = run_and_report(moving, fixed, out, opts, quiet, as_json)

@@ -36,7 +36,7 @@ ExportSampler = Literal["gather", "gridsample"]
 #: Native 5-D GridSample exists from opset 20 on; the gather warp needs only opset 17.
 DEFAULT_OPSET: dict[str, int] = {"gather": 17, "gridsample": 20}
 #: Keys every export carries; "unknown" unless given in ``metadata``.
-CALLER_METADATA_KEYS = ("spacing", "normalisation", "source_checkpoint_sha256")
+CALLER_METADATA_KEYS = ("spacing", "normalisation", "source_checkpoint_sha256", "inference_passes")
 PRECISION_NOTE = "fp16 (U-Net and cascade convolutions; sampling, displacements, homotopy fp32)"
 
 

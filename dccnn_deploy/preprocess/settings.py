@@ -22,12 +22,15 @@ DEFAULT_PERCENTILES = (0.5, 99.5)
 
 @dataclass(frozen=True)
 class PreprocessSettings:
-    """Model grid (shape, isotropic spacing in mm) and intensity percentiles of the normalisation."""
+    """Model grid (shape, isotropic spacing in mm), intensity percentiles of the normalisation and
+    the network passes the model recommends for images of one contrast (``inference_passes``
+    metadata, 1 when absent; :mod:`dccnn_deploy.runtime.passes`)."""
 
     grid_shape: tuple[int, int, int] = DEFAULT_GRID
     spacing_mm: float = DEFAULT_SPACING_MM
     lower_percentile: float = DEFAULT_PERCENTILES[0]
     upper_percentile: float = DEFAULT_PERCENTILES[1]
+    inference_passes: int = 1
 
     @classmethod
     def from_metadata(cls, meta: Mapping[str, Any], source: str | os.PathLike = "model") -> "PreprocessSettings":
@@ -44,11 +47,15 @@ class PreprocessSettings:
             spacing = meta.get("spacing_mm", meta.get("spacing"))
             spacing_mm = DEFAULT_SPACING_MM if spacing in (None, "unknown") else float(str(spacing).split(",")[0])
             lower, upper = _percentiles(meta.get("normalisation"))
+            passes = meta.get("inference_passes")
+            passes = 1 if passes in (None, "", "unknown") else int(passes)
         except (TypeError, ValueError, SyntaxError) as exc:
             raise InputError.at(source, f"no usable grid_shape/spacing/normalisation metadata ({exc})") from None
         if len(shape) != 3 or min(shape) < 1 or spacing_mm <= 0:
             raise InputError.at(source, f"grid metadata {shape} x {spacing_mm} mm is not a 3-D grid")
-        return cls(shape, spacing_mm, lower, upper)
+        if passes < 1:
+            raise InputError.at(source, f"inference_passes metadata {passes} must be >= 1")
+        return cls(shape, spacing_mm, lower, upper, passes)
 
 
 def _percentiles(value: Any) -> tuple[float, float]:

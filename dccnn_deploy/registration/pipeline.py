@@ -34,6 +34,8 @@ from dccnn_deploy.registration.outputs import output_files, select_outputs
 from dccnn_deploy.registration.prepare import PreparedPair, prepare_pair
 from dccnn_deploy.registration.result import RegistrationResult
 from dccnn_deploy.registration.sanity_affine import overlap_warnings, similarity_warnings
+from dccnn_deploy.ops.invert import make_inverse_consistent
+from dccnn_deploy.runtime.passes import run_passes
 from dccnn_deploy.runtime.loading import Network, open_network
 from dccnn_deploy.registration.provenance import input_record, options_record
 from dccnn_deploy.registration.sanity import affine_sanity
@@ -57,7 +59,9 @@ class RegisterOptions:
     model: str | Network | None = None
     backend: str | None = None
     device: str = "cpu"
-    refine: int = 0
+    refine: int | str = 0
+    similarity: str = "auto"
+    passes: int | None = None
     affine: bool = True
     moving_labels: ImageLike | None = None
     fixed_labels: ImageLike | None = None
@@ -68,10 +72,10 @@ class RegisterOptions:
 
     def check(self) -> None:
         """One-line :class:`InputError` for contradictory options (before any work)."""
-        if self.model is None and self.refine <= 0:
+        if self.model is None and _refine_settings(self).total_iterations == 0:
             raise InputError("no model: none ships with this install; pass --model CHECKPOINT (model= in Python) or --refine N")
-        if self.refine < 0:
-            raise InputError(f"--refine {self.refine}: must be >= 0")
+        if self.passes is not None and self.passes < 1:
+            raise InputError(f"--passes {self.passes}: must be >= 1")
         if (self.moving_labels is None) != (self.fixed_labels is None):
             raise InputError("label maps: give both --moving-labels and --fixed-labels, or neither")
         if self.model is not None and not isinstance(self.model, Network):
@@ -92,18 +96,43 @@ class Stages:
         return result
 
 
-def _network_fields(network: Network | None, moving_g, fixed_g):
+def _network_fields(network: Network | None, moving_g, fixed_g, passes: int = 1):
     if network is None:
         return None, None
-    fwd, inv = network.backend.run(moving_g, fixed_g)
-    return torch.from_numpy(np.ascontiguousarray(fwd))[None], torch.from_numpy(np.ascontiguousarray(inv))[None]
+    return run_passes(network.backend.run, moving_g, fixed_g, passes)
 
 
-def _refine(iterations: int, moving_g, fixed_g, fwd, inv):
+def _passes(opts: RegisterOptions, network: Network | None, prepared: PreparedPair) -> int:
+    """Network passes: ``opts.passes``, else the model's recommendation (metadata
+    ``inference_passes``, 1 when absent) for images of one contrast and one pass when the
+    contrasts differ (more passes do not help there: docs/benchmarks.md)."""
+    if opts.passes is not None or network is None:
+        return opts.passes or 1
+    from dccnn_deploy.similarity import SAME_CONTRAST_MIN_CORRELATION, contrast_agreement
+
+    recommended = network.settings.inference_passes
+    if recommended > 1:
+        agreement = contrast_agreement(torch.from_numpy(prepared.moving_g), torch.from_numpy(prepared.fixed_g))
+        if agreement < SAME_CONTRAST_MIN_CORRELATION:
+            return 1
+    return recommended
+
+
+def _refine(settings, moving_g, fixed_g, fwd, inv):
     from dccnn_deploy.refine import refine
 
-    result = refine(torch.from_numpy(moving_g)[None, None], torch.from_numpy(fixed_g)[None, None], iterations, fwd, inv)
-    return result.forward, result.inverse
+    result = refine(torch.from_numpy(moving_g)[None, None], torch.from_numpy(fixed_g)[None, None], settings, fwd, inv)
+    info = {"preset": settings.name, "similarity": result.similarity, "iterations": result.iterations}
+    return result.forward, result.inverse, info
+
+
+def _refine_settings(opts: RegisterOptions):
+    from dccnn_deploy.refine import refine_settings
+
+    try:
+        return refine_settings(opts.refine, opts.similarity)
+    except ValueError as err:
+        raise InputError(str(err)) from None
 
 
 def _open(opts: RegisterOptions) -> Network | None:
@@ -127,6 +156,7 @@ def run(moving: ImageLike, fixed: ImageLike, opts: RegisterOptions | None = None
     opts = opts or RegisterOptions()
     opts.check()
     say = progress or (lambda _msg: None)
+    refine_cfg = _refine_settings(opts)
     stages = Stages()
     start = time.perf_counter()
     inputs = input_record(*(x if isinstance(x, (str, Path)) else None for x in (moving, fixed, opts.moving_labels, opts.fixed_labels)))  # before reading
@@ -156,10 +186,14 @@ def run(moving: ImageLike, fixed: ImageLike, opts: RegisterOptions | None = None
     say("resampling to the model grid")
     prepared = stages.run("resample", prepare_pair, moving_v, fixed_v, matrix, settings)
     say(f"network ({network.backend.name})" if network else "no network: refinement from the identity")
-    fwd, inv = stages.run("network", _network_fields, network, prepared.moving_g, prepared.fixed_g)
-    if opts.refine > 0:
-        say(f"refining ({opts.refine} iterations)")
-        fwd, inv = stages.run("refine", _refine, opts.refine, prepared.moving_g, prepared.fixed_g, fwd, inv)
+    passes = _passes(opts, network, prepared)
+    fwd, inv = stages.run("network", _network_fields, network, prepared.moving_g, prepared.fixed_g, passes)
+    refine_info = None
+    if refine_cfg.total_iterations > 0:
+        say(f"refining ({refine_cfg.name})")
+        fwd, inv, refine_info = stages.run("refine", _refine, refine_cfg, prepared.moving_g, prepared.fixed_g, fwd, inv)
+    if fwd is not None:  # the written inverse is the numerical inverse of the forward map
+        fwd, inv = stages.run("invert", make_inverse_consistent, fwd, inv)
 
     info = {
         "version": __version__,
@@ -169,7 +203,9 @@ def run(moving: ImageLike, fixed: ImageLike, opts: RegisterOptions | None = None
         "model": {"path": network.path, "sha256": network.sha256} if network else None,
         "backend": network.backend.name if network else None,
         "device": opts.device,
-        "refine_iterations": opts.refine,
+        "passes": passes if network else 0,
+        "refine_iterations": refine_cfg.total_iterations,
+        "refine": refine_info,
         "grid": {"shape": list(settings.grid_shape), "spacing_mm": settings.spacing_mm},
         "affine": affine_info,
         "inputs": inputs,
