@@ -15,7 +15,7 @@ import dccnn_deploy as dd
 from dccnn_deploy.io import InputError, OutputExistsError
 from dccnn_deploy.metrics import dice, mean_of
 from dccnn_deploy.registration import RegisterOptions, register_files
-from dccnn_deploy.registration.outputs import OUTPUT_FILES, OUTPUTS, select_outputs
+from dccnn_deploy.registration.outputs import OUTPUT_FILES, select_outputs
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -145,6 +145,9 @@ def release(
     checkpoint: Path = typer.Argument(..., help="A training checkpoint (best.pt / last.pt)."),
     out: Path = typer.Option(..., "-o", "--out", help="Output checkpoint for registration and export."),
     name: str = typer.Option("", help="A model name recorded in the metadata."),
+    passes: int | None = typer.Option(
+        None, "--passes", help="Network passes registration should run for images of one contrast (metadata)."
+    ),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing file."),
 ) -> None:
     """Drop the training state (optimizer, RNG) of a checkpoint: weights, configs and metadata stay."""
@@ -153,5 +156,9 @@ def release(
 
     with user_errors():
         extra = {"model_name": name} if name else {}
+        if passes is not None:
+            if passes < 1:
+                raise InputError(f"--passes {passes}: must be >= 1")
+            extra["inference_passes"] = passes
         path = release_checkpoint(checkpoint, out, overwrite=overwrite, **extra)
     console.print(f"{path}: {path.stat().st_size / 1e6:.2f} MB (from {checkpoint}, {checkpoint.stat().st_size / 1e6:.2f} MB)")
