@@ -37,10 +37,10 @@ def decompose(matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
 
 def geometry_warnings(matrix: np.ndarray) -> list[str]:
     """Scale, shear and determinant bounds of a 4x4 affine (either direction)."""
-    scales, shears, det = decompose(matrix)
-    out = []
     if not np.all(np.isfinite(np.asarray(matrix, dtype=np.float64))):
         return ["affine: the matrix has non-finite entries"]
+    scales, shears, det = decompose(matrix)
+    out = []
     lo, hi = SCALE_BOUNDS
     if np.any(scales < lo) or np.any(scales > hi):
         out.append(f"affine: scales {np.round(scales, 2).tolist()} outside [{lo:.2f}, {hi:.2f}]")
