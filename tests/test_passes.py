@@ -42,3 +42,16 @@ def test_one_pass_is_the_network_itself_and_passes_are_checked():
     assert torch.equal(fwd[0], torch.from_numpy(ref_fwd)) and torch.equal(inv[0], torch.from_numpy(ref_inv))
     with pytest.raises(ValueError):
         run_passes(_half_step_network, moving, fixed, 0)
+
+
+def test_inverse_consistency_keeps_the_given_inverse_when_the_numerical_one_folds(monkeypatch):
+    from dccnn_deploy.ops import invert
+
+    fwd = torch.zeros(1, 3, 12, 12, 12)
+    given = torch.zeros(1, 3, 12, 12, 12)
+    folded = torch.zeros(1, 3, 12, 12, 12)
+    folded[0, 0, 6] = 3.0  # a sheet pushed past its neighbours: det J <= 0
+    monkeypatch.setattr(invert, "invert_displacement", lambda f, it, init=None: folded)
+    assert invert.make_inverse_consistent(fwd, given)[1] is given
+    monkeypatch.setattr(invert, "invert_displacement", lambda f, it, init=None: given + 0.0)
+    assert invert.make_inverse_consistent(fwd, folded)[1] is not folded

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import torch
 
+from dccnn_deploy.ops.jacobian import jacobian_determinant
 from dccnn_deploy.ops.warp import compose, warp_gridsample
 
 #: iterations of :func:`invert_displacement` used by :func:`make_inverse_consistent`
@@ -50,5 +51,14 @@ def make_inverse_consistent(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(forward, inverse')`` with ``inverse'`` the numerical inverse of ``forward``, started
     from the given ``inverse`` (so a near-inverse converges in a few iterations). The forward
-    map, which moves the images and labels, is kept as it is."""
-    return forward, invert_displacement(forward, iterations, init=inverse)
+    map, which moves the images and labels, is kept as it is. Where the forward map compresses
+    strongly (e.g. a scalp pulled onto a brain's edge) the fixed-point iteration can fold: then
+    the given inverse is kept when it folds less (fold-free output comes first)."""
+    numerical = invert_displacement(forward, iterations, init=inverse)
+    if _folded_voxels(numerical) > _folded_voxels(inverse):
+        return forward, inverse
+    return forward, numerical
+
+
+def _folded_voxels(disp: torch.Tensor) -> int:
+    return int((jacobian_determinant(disp.float()) <= 0).sum())
