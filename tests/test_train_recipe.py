@@ -14,7 +14,7 @@ from dccnn_deploy.checkpoint import read_checkpoint, save_checkpoint
 from dccnn_deploy.config import LossWeights
 from dccnn_deploy.losses import DCCNNLoss, label_dice_loss, similarity_loss, soft_dice
 from dccnn_deploy.model import DCCNNLSTMReg
-from dccnn_deploy.train import AugmentConfig, DataConfig, SynthConfig, train
+from dccnn_deploy.train import AugmentConfig, SynthConfig, train
 from dccnn_deploy.train.data import Pair, build_sampler, image_subjects, loss_labels
 from dccnn_deploy.train.loop import read_log
 from dccnn_deploy.train.synth import HEAD_LABELS, add_head, outside_distance, random_shapes

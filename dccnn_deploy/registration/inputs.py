@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import os
-from typing import Any, Literal, Union
+from typing import TYPE_CHECKING, Any, Literal, Union
 
 import numpy as np
 
 from dccnn_deploy.io import InputError, Volume, as_volume, load_volume
+
+if TYPE_CHECKING:
+    import nibabel as nib
 
 #: An image given to :func:`dccnn_deploy.register` or :meth:`RegistrationResult.apply`.
 ImageLike = Union[str, os.PathLike, "nib.spatialimages.SpatialImage", tuple[np.ndarray, np.ndarray], Volume]

@@ -34,7 +34,6 @@ from dccnn_deploy.io import (
     BackgroundWriter,
     InputError,
     OutputExistsError,
-    check_outputs_free,
     save_image,
     save_itk_affine,
     save_itk_composite,

@@ -88,5 +88,4 @@ def affine_sanity(matrix: np.ndarray, moving=None, fixed=None) -> list[str]:
     return warnings
 
 
-__all__ = ["affine_sanity", "check_determinant", "check_fov_overlap", "check_scale", "check_shear",
-           "fov_overlap", "scales_and_shears"]
+__all__ = ["affine_sanity", "check_fov_overlap", "fov_overlap", "MATRIX_CHECKS"]
