@@ -3,9 +3,8 @@
 usage: python benchmarks/refine_presets.py [--refine 0,fast] [--cases donor_9861_10021,...]
        [--similarity auto] [--work DIR] [--model CKPT] [--no-ants]
 
-For each case (built by ``benchmarks/register_real.py``'s case builders; ``xdonor_A_B`` is the
-donor pair with an independent random contrast per image: moving painted with seed 1, fixed
-with seed 0) and each ``--refine`` value, ``dccnn register`` runs in a child process WITHOUT
+For each case (built by ``benchmarks/register_real.py``'s case builders; ``xdonor_A_B`` is
+``donor_A_B+contrast``: the fixed image painted with its own random contrast) and each ``--refine`` value, ``dccnn register`` runs in a child process WITHOUT
 label maps (so the time is the registration, not the evaluation), then the written
 ``fwd_warp.nii.gz`` / ``inv_warp.nii.gz`` are evaluated here exactly as for ANTs SyN (its
 transforms composed into one displacement field per direction by ``antsApplyTransforms``):
@@ -124,18 +123,17 @@ def run_syn(case: dict, out: Path) -> dict:
 
 
 def build_cases(names: list[str], brains: Path, work: Path) -> list[dict]:
-    """``register_real`` cases by name, plus ``xdonor_A_B`` (independent contrasts)."""
+    """``register_real`` cases by name (``donor_A_B[+mhead][+fhead][+contrast]`` included), plus
+    ``xdonor_A_B``: the same as ``donor_A_B+contrast`` (independent contrasts)."""
     needs_real = any(not n.startswith(("donor_", "xdonor_")) for n in names)
     real = {c["name"]: c for c in real_cases(brains, work)} if needs_real else {}
     cases = []
     for name in names:
         if name.startswith("donor_"):
-            cases.append(make_donor_case(brains, work, *name.split("_")[1:]))
+            cases.append(make_donor_case(brains, work, name))
         elif name.startswith("xdonor_"):
-            a, b = name.split("_")[1:]
-            same = make_donor_case(brains, work, a, b, seed=0)
-            other = make_donor_case(brains, work / "seed1", a, b, seed=1)
-            cases.append({**same, "name": name, "moving": other["moving"], "metric": "DK Dice, independent contrasts"})
+            case = make_donor_case(brains, work, name[1:] + "+contrast")
+            cases.append({**case, "name": name, "metric": "DK Dice, independent contrasts"})
         elif name in real:
             cases.append(real[name])
         else:
