@@ -6,7 +6,10 @@ A :class:`Registration` holds
 * ``grid``: the model grid, placed in fixed world space;
 * ``forward`` / ``inverse``: voxel displacements ``(1, 3, *grid.shape)`` on the model grid
   (``None``: affine only). ``forward`` maps the grid (fixed side) into the affinely moved grid,
-  ``inverse`` the other way.
+  ``inverse`` the other way;
+* ``exact_inverse``: the inverse map is refined at every point it is evaluated on to the
+  preimage under the forward map (one Newton step from the interpolated ``inverse``), so the
+  written inverse warp inverts the written forward warp between model-grid nodes too.
 
 The forward map (fixed world -> moving world) is ``x -> M A_g (v + u_f(v))`` with
 ``v = A_g^-1 x``, the inverse map (moving world -> fixed world) is
@@ -30,9 +33,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from dccnn_deploy.ops.invert import field_and_gradient, newton_step
 from dccnn_deploy.ops.jacobian import jacobian_determinant
 from dccnn_deploy.preprocess.grid import Grid
 
+#: Newton iterations refining each written inverse point (:func:`_preimage`): from the
+#: interpolated node inverse one brings the written 1 mm warps of a 5-pass donor pair from 0.29 to
+#: 0.13 mm inverse consistency (SimpleITK, fwd then inv); more gain < 0.01 mm
+INVERSE_POINT_ITERATIONS = 1
 SLAB = 8  # file-order planes per step: cache-sized temporaries (about 3x less CPU than whole volumes)
 
 
@@ -109,17 +117,24 @@ class Registration:
     grid: Grid
     forward: torch.Tensor | None = None
     inverse: torch.Tensor | None = None
+    exact_inverse: bool = False
 
-    def _map(self, to_grid_voxels: np.ndarray, out_matrix: np.ndarray, target: Grid, field) -> torch.Tensor:
-        """``out_matrix @ (v + u(v))`` with ``v = to_grid_voxels @ p`` for the target voxels ``p``."""
+    def _map(self, to_grid_voxels: np.ndarray, out_matrix: np.ndarray, target: Grid, field,
+             preimage_of: torch.Tensor | None = None) -> torch.Tensor:
+        """``out_matrix @ (v + u(v))`` with ``v = to_grid_voxels @ p`` for the target voxels ``p``;
+        with ``preimage_of`` (a field ``f``), ``v + u(v)`` is refined to the point that ``id + f``
+        maps onto ``v`` (:func:`_preimage`)."""
         points = _affine_volume(out_matrix @ to_grid_voxels, target.shape)
         if field is not None:
             source = _field_file_order(field)
+            inverted = None if preimage_of is None else _field_file_order(field_and_gradient(preimage_of.float()))
             to_norm = _normaliser(self.grid.shape) @ to_grid_voxels
             linear = torch.tensor(np.asarray(out_matrix)[:3, :3], dtype=torch.float32)
             for a, b in _slabs(points.shape[1]):
                 grid = _affine_volume(to_norm, target.shape, channels_last=True, planes=(a, b))
                 u = _sample_file_order(source, grid, grid.shape[:3], "border")
+                if inverted is not None:
+                    u = _preimage(inverted, grid, u, self.grid.shape)
                 part = points[:, a:b]
                 part.copy_(torch.addmm(part.reshape(3, -1), linear, u.view(3, -1)).view(part.shape))
         return _from_file_order(points)
@@ -133,7 +148,29 @@ class Registration:
         """Fixed-world positions ``(1, 3, *target.shape)`` of a moving-world grid's voxels."""
         a_g = self.grid.affine
         to_grid = np.linalg.inv(a_g) @ np.linalg.inv(self.affine) @ target.affine
-        return self._map(to_grid, a_g, target, self.inverse)
+        exact = self.exact_inverse and self.forward is not None and self.inverse is not None
+        return self._map(to_grid, a_g, target, self.inverse, self.forward if exact else None)
+
+
+def _preimage(sources: torch.Tensor, grid: torch.Tensor, u: torch.Tensor, grid_shape) -> torch.Tensor:
+    """Newton-refined inverse displacement at arbitrary points of the model grid.
+
+    ``grid``: the points ``w`` (normalised, channels last, file order), ``u``: the inverse field
+    sampled there (voxels, ``(3, *S)``), ``sources``: the forward field and its gradient
+    (:func:`~dccnn_deploy.ops.invert.field_and_gradient`, file order). Returns ``d`` with
+    ``d + f(w + d) = 0``: the written inverse is then the inverse of the forward map at every
+    voxel it is written on, not only at the model-grid nodes (trilinear interpolation of the
+    node inverse alone leaves ~0.3 mm at 1 mm where the forward map is far from affine).
+    Points outside the model grid keep ``u`` (the fields are constant-extended there).
+    """
+    scale = torch.tensor([(n - 1) / 2.0 for n in grid_shape], dtype=torch.float32).view(3, 1, 1, 1)
+    d = u.contiguous()  # (3, *S) voxels
+    outside = (grid.abs() > 1.0).any(dim=-1)
+    for _ in range(INVERSE_POINT_ITERATIONS):
+        sampled = _sample_file_order(sources, grid + (d / scale).permute(1, 2, 3, 0), grid.shape[:3], "border")[None]
+        step = newton_step(sampled, d[None] + sampled[:, :3])[0]
+        d = d - step.masked_fill_(outside, 0.0)
+    return d
 
 
 def apply_matrix(matrix: np.ndarray, points: torch.Tensor) -> torch.Tensor:

@@ -105,6 +105,22 @@ def test_invert_displacement_of_smooth_field():
     assert float(inverse_residual(fwd, -fwd)[interior].mean()) > 0.05  # the naive inverse is not one
 
 
+def test_invert_displacement_of_a_strong_local_expansion():
+    """|grad u| = 1.5 at the centre: the fixed-point iteration diverges there, Newton converges."""
+    from dccnn_deploy.ops.invert import _folded_voxels
+    from dccnn_deploy.ops.warp import identity_grid
+
+    shape = (20, 20, 20)
+    offset = identity_grid(shape) - 9.5
+    fwd = 1.5 * offset * torch.exp(-(offset**2).sum(1, keepdim=True) / 9.0)
+    assert _folded_voxels(fwd) == 0  # a diffeomorphism (min det ~0.33 on the shell)
+    interior = (slice(None), slice(None), slice(3, -3), slice(3, -3), slice(3, -3))
+    assert float(inverse_residual(fwd, -fwd)[interior].max()) > 1.0
+    inv = invert_displacement(fwd)
+    assert float(inverse_residual(fwd, inv)[interior].max()) < 0.01
+    assert _folded_voxels(inv) == 0
+
+
 def test_make_inverse_consistent_fixes_a_poor_inverse():
     shape = (16, 18, 14)
     fwd = _smooth_field(shape, 2.0, seed=1)

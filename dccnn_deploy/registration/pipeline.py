@@ -215,7 +215,7 @@ def run(moving: ImageLike, fixed: ImageLike, opts: RegisterOptions | None = None
     }
     seconds = {**stages.seconds, "compute": round(time.perf_counter() - start, 3)}
     seconds["total"] = seconds["compute"]
-    registration = Registration(affine=matrix, grid=prepared.grid, forward=fwd, inverse=inv)
+    registration = Registration(affine=matrix, grid=prepared.grid, forward=fwd, inverse=inv, exact_inverse=True)
     return RegistrationResult(registration, moving_v, fixed_v, prepared, info, labels, seconds)
 
 

@@ -135,7 +135,8 @@ class RegistrationResult:
             deformable = apply_matrix(np.linalg.inv(matrix), self._fwd_points)  # M^-1 o T
             return [matrix, (world_displacement(deformable, self.fixed_grid), self.fixed.affine)]
         if direction == "inv":
-            inverse_only = Registration(affine=np.eye(4), grid=self.transform.grid, inverse=self.transform.inverse)
+            t = self.transform
+            inverse_only = Registration(np.eye(4), t.grid, t.forward, t.inverse, exact_inverse=t.exact_inverse)
             field = world_displacement(inverse_only.inverse_points(self.fixed_grid), self.fixed_grid)
             return [(field, self.fixed.affine), np.linalg.inv(matrix)]
         raise ValueError(f"direction must be 'fwd' or 'inv', got {direction!r}")
