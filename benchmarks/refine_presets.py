@@ -1,7 +1,7 @@
 """Refine presets vs ANTs SyN on held-out real pairs, judged on the *written 1 mm warps*.
 
 usage: python benchmarks/refine_presets.py [--refine 0,fast] [--cases donor_9861_10021,...]
-       [--similarity auto] [--work DIR] [--model CKPT] [--no-ants]
+       [--similarity auto] [--work DIR] [--model CKPT] [--passes 1,5] [--no-ants]
 
 For each case (built by ``benchmarks/register_real.py``'s case builders; ``xdonor_A_B`` is
 ``donor_A_B+contrast``: the fixed image painted with its own random contrast) and each ``--refine`` value, ``dccnn register`` runs in a child process WITHOUT
@@ -10,10 +10,8 @@ label maps (so the time is the registration, not the evaluation), then the writt
 transforms composed into one displacement field per direction by ``antsApplyTransforms``):
 
 * Dice: the moving labels resampled by SimpleITK through the forward field (nearest);
-* %J<=0: direction-aware Jacobian of each written field (world displacement -> voxel units,
-  the package's one Jacobian), worse of the two;
-* inverse consistency (mm): ``|inv(fwd(x)) - x|`` by SimpleITK ``TransformPoint`` over 5 000
-  random voxels of the fixed foreground;
+* %J<=0 and inverse consistency (mm) of the written fields: ``warp_checks.py`` (direction-aware
+  Jacobian, worse of the two; ``|inv(fwd(x)) - x|`` by SimpleITK over the fixed brain labels);
 * time: wall seconds of our whole ``dccnn register`` command vs SyN's ``ants.registration`` call.
 Both sides run with one thread (``OMP_NUM_THREADS=1``, ``ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS=1``),
 in the same run, so the time ratio holds under load.
@@ -34,6 +32,7 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from register_real import make_donor_case, real_cases  # noqa: E402  (the one set of case builders)
+from warp_checks import folding_percent_of, inverse_consistency_mm  # noqa: E402
 
 SYN_RUNNER = r'''
 import sys, json, time, ants
@@ -58,49 +57,33 @@ def _run(cmd: list[str]) -> tuple[float, str]:
     return time.perf_counter() - start, res.stdout
 
 
-def folding_percent_of(path: Path) -> float:
-    """% voxels with J <= 0 of a written ITK displacement field (direction-aware)."""
-    from dccnn_deploy.io.itk_transforms import load_itk_displacement, world_to_voxel_displacement
-    from dccnn_deploy.metrics import folding_percent
-
-    disp, affine = load_itk_displacement(path)
-    return folding_percent(world_to_voxel_displacement(disp, affine))
-
-
-def evaluate_warps(fwd: Path, inv: Path, case: dict, samples: int = 5_000, seed: int = 0) -> dict:
+def evaluate_warps(fwd: Path, inv: Path, case: dict) -> dict:
     """Dice, %J<=0 and inverse consistency (mm) of a forward / inverse displacement-field pair."""
     import SimpleITK as sitk
 
     from dccnn_deploy.metrics import dice, mean_of
-    from dccnn_deploy.preprocess.intensity import foreground_mask, normalise_intensity
 
     t_fwd = sitk.DisplacementFieldTransform(sitk.ReadImage(str(fwd), sitk.sitkVectorFloat64))
-    t_inv = sitk.DisplacementFieldTransform(sitk.ReadImage(str(inv), sitk.sitkVectorFloat64))
     fixed_lab = sitk.ReadImage(str(case["fixed_labels"]))
     moved = sitk.Resample(sitk.ReadImage(str(case["moving_labels"])), fixed_lab, t_fwd, sitk.sitkNearestNeighbor, 0)
     fl, ml = sitk.GetArrayFromImage(fixed_lab), sitk.GetArrayFromImage(moved)
     labels = sorted(int(v) for v in np.unique(fl) if v)
 
-    fixed = sitk.ReadImage(str(case["fixed"]), sitk.sitkFloat32)
-    mask = foreground_mask(normalise_intensity(sitk.GetArrayFromImage(fixed)))  # (z, y, x)
-    idx = np.argwhere(mask)
-    idx = idx[np.random.default_rng(seed).choice(len(idx), min(samples, len(idx)), replace=False)][:, ::-1]
-    direction = np.array(fixed.GetDirection()).reshape(3, 3)
-    points = np.array(fixed.GetOrigin()) + (idx * np.array(fixed.GetSpacing())) @ direction.T
-    back = np.array([t_inv.TransformPoint(t_fwd.TransformPoint(tuple(p))) for p in points])
-    err = np.linalg.norm(back - points, axis=1)
+    ic = inverse_consistency_mm(fwd, inv, case["fixed_labels"])
     return {
         "dice": mean_of(dice(ml, fl, labels)),
         "fold": max(folding_percent_of(fwd), folding_percent_of(inv)),
-        "ic_mm": float(err.mean()), "ic_p95_mm": float(np.percentile(err, 95)),
+        "ic_mm": ic["mean"], "ic_p95_mm": ic["p95"],
     }
 
 
-def run_ours(case: dict, out: Path, refine: str, similarity: str, model: str | None) -> dict:
+def run_ours(case: dict, out: Path, refine: str, similarity: str, model: str | None, passes: int | None = None) -> dict:
     cmd = [sys.executable, "-m", "dccnn_deploy.cli.app", "register", str(case["moving"]), str(case["fixed"]),
            "-o", str(out), "--overwrite", "--refine", refine, "--similarity", similarity]
     if model:
         cmd += ["--model", model]
+    if passes:
+        cmd += ["--passes", str(passes)]
     wall, _ = _run(cmd)
     rep = json.loads((out / "report.json").read_text())
     result = evaluate_warps(out / "fwd_warp.nii.gz", out / "inv_warp.nii.gz", case)
@@ -150,15 +133,20 @@ def main() -> None:
     ap.add_argument("--model", default=None)
     ap.add_argument("--cases", default="donor_9861_10021,donor_10021_9861,colin_icbm")
     ap.add_argument("--no-ants", action="store_true")
+    ap.add_argument("--passes", default="", help="comma-separated network passes, one run each (default: the model's)")
     args = ap.parse_args()
+    pass_counts = [int(p) for p in args.passes.split(",") if p] or [None]
     rows = []
     for case in build_cases(args.cases.split(","), args.brains, args.work):
         syn = None if args.no_ants else run_syn(case, args.work / case["name"] / "syn")
         print(json.dumps({"case": case["name"], "syn": syn}), flush=True)
         for refine in args.refine.split(","):
-            ours = run_ours(case, args.work / case["name"] / f"dccnn_{refine}", refine, args.similarity, args.model)
-            print(json.dumps({"case": case["name"], "refine": refine, "ours": ours}), flush=True)
-            rows.append((case["name"], refine, ours, syn))
+            for passes in pass_counts:
+                label = refine if passes is None else f"{refine}, {passes} pass"
+                out = args.work / case["name"] / (f"dccnn_{refine}" + ("" if passes is None else f"_p{passes}"))
+                ours = run_ours(case, out, refine, args.similarity, args.model, passes)
+                print(json.dumps({"case": case["name"], "refine": label, "ours": ours}), flush=True)
+                rows.append((case["name"], label, ours, syn))
     print("\n| pair | refine | Dice | %J<=0 | inv. cons. mm (mean / p95) | s (refine s) | SyN Dice | SyN %J<=0 "
           "| SyN inv. cons. mm | SyN s | time / SyN |")
     print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")

@@ -185,10 +185,10 @@ def run_ours(case: dict, out: Path, refine: int | str, model: str | None) -> dic
         cmd += ["--model", model]
     wall, rss, _ = _timed(cmd)
     rep = json.loads((out / "report.json").read_text())
-    from warp_checks import folding_percent_mm, inverse_consistency_mm
+    from warp_checks import folding_percent_of, inverse_consistency_mm
 
     written = {"ic_mm": inverse_consistency_mm(out / "fwd_warp.nii.gz", out / "inv_warp.nii.gz", case["fixed_labels"]),
-               "fold_written": max(folding_percent_mm(out / f"{d}_warp.nii.gz") for d in ("fwd", "inv"))}
+               "fold_written": max(folding_percent_of(out / f"{d}_warp.nii.gz") for d in ("fwd", "inv"))}
     return {**written,
         "affine_dice": rep["labels"]["after_affine"]["dice_mean"], "dice": rep["labels"]["after"]["dice_mean"],
         "hd95": rep["labels"]["after"]["hd95_mean_mm"],

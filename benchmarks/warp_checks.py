@@ -3,9 +3,8 @@
 * :func:`inverse_consistency_mm`: ``fwd_warp`` then ``inv_warp`` composed by SimpleITK (the
   inverse field resampled through the forward displacement transform); the norm of
   ``d_fwd(x) + d_inv(x + d_fwd(x))`` in mm, mean (and 95th percentile) over a fixed-space mask.
-* :func:`folding_percent_mm`: % of voxels with ``det(I + du/dx) <= 0`` of a written warp, with
-  the derivative taken in physical space (index gradient times the inverse of direction x
-  spacing). ITK's ``DisplacementFieldJacobianDeterminant`` ignores the direction and reports
+* :func:`folding_percent_of`: % of voxels with ``det(I + du/dx) <= 0`` of a written warp, with
+  the derivative taken in physical space (the field in voxel units of its own grid). ITK's ``DisplacementFieldJacobianDeterminant`` ignores the direction and reports
   false folds on RAS-stored grids, so it is not used.
 """
 
@@ -35,18 +34,12 @@ def inverse_consistency_mm(fwd_warp: Path, inv_warp: Path, fixed_mask: Path) -> 
     return {"mean": float(inside.mean()), "p95": float(np.percentile(inside, 95))}
 
 
-def folding_percent_mm(warp: Path) -> float:
-    """% of voxels of a written displacement field whose physical Jacobian determinant is <= 0."""
-    field = _read_field(warp)
-    disp = np.asarray(_array_xyz(field), dtype=np.float32)  # (X, Y, Z, 3), physical components
-    index_to_physical = np.asarray(field.GetDirection()).reshape(3, 3) @ np.diag(field.GetSpacing())
-    physical_to_index = np.linalg.inv(index_to_physical).astype(np.float32)
-    grad = np.stack(np.gradient(disp, axis=(0, 1, 2)), axis=-1)  # d disp_r / d index_k
-    jac = np.einsum("...rk,kc->...rc", grad, physical_to_index) + np.eye(3, dtype=np.float32)
-    return float((np.linalg.det(jac) <= 0).mean() * 100.0)
+def folding_percent_of(path: Path) -> float:
+    """% voxels with J <= 0 of a written ITK displacement field (direction-aware: the world
+    displacement is taken to voxel units through the image's affine, then the package's one
+    Jacobian)."""
+    from dccnn_deploy.io.itk_transforms import load_itk_displacement, world_to_voxel_displacement
+    from dccnn_deploy.metrics import folding_percent
 
-
-def _array_xyz(image) -> np.ndarray:
-    import SimpleITK as sitk
-
-    return np.transpose(sitk.GetArrayViewFromImage(image), (2, 1, 0, 3))
+    disp, affine = load_itk_displacement(path)
+    return folding_percent(world_to_voxel_displacement(disp, affine))

@@ -121,6 +121,22 @@ def test_invert_displacement_of_a_strong_local_expansion():
     assert _folded_voxels(inv) == 0
 
 
+def test_repair_folds_smooths_only_around_the_folds():
+    from dccnn_deploy.ops.invert import _folded_voxels, repair_folds
+
+    shape = (16, 18, 14)
+    field = _smooth_field(shape, 1.0, seed=4)
+    assert _folded_voxels(field) == 0
+    broken = field.clone()
+    broken[0, 0, 8, 9, 7] += 2.5  # one node pushed past its neighbours: a local fold
+    broken[0, 0, 9, 9, 7] -= 2.5
+    assert _folded_voxels(broken) > 0
+    repaired = repair_folds(broken)
+    assert _folded_voxels(repaired) == 0
+    changed = (repaired != broken).any(dim=1)[0]
+    assert changed[8, 9, 7] and not changed[:3].any() and not changed[14:].any()
+
+
 def test_make_inverse_consistent_fixes_a_poor_inverse():
     shape = (16, 18, 14)
     fwd = _smooth_field(shape, 2.0, seed=1)

