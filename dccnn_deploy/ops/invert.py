@@ -59,19 +59,20 @@ def field_and_gradient(u: torch.Tensor) -> torch.Tensor:
     return torch.cat([u, spatial_gradient(u).reshape(b, 9, *shape)], dim=1)
 
 
-def newton_step(sampled: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+def newton_step(sampled: torch.Tensor, residual: torch.Tensor, min_det: float = SINGULAR_DETERMINANT,
+                fallback: bool = True, max_step: float = MAX_STEP_VOXELS) -> torch.Tensor:
     """The capped Newton step for ``d + u(y + d) = 0`` (voxels, ``(B, 3, ...)``).
 
     ``sampled``: :func:`field_and_gradient` sampled at ``y + d`` (``(B, 12, ...)``);
     ``residual``: ``d + u(y + d)``. The step solves ``(I + grad u) step = residual``, is the
-    fixed-point step ``residual`` where that matrix is nearly singular, and is at most
-    :data:`MAX_STEP_VOXELS` long.
+    fixed-point step ``residual`` (``fallback``; else no step) where its determinant is at most
+    ``min_det``, and is at most ``max_step`` voxels long.
     """
     jac = [[sampled[:, 3 + 3 * r + c] + (1.0 if r == c else 0.0) for c in range(3)] for r in range(3)]
     step, det = _solve3(jac, residual)
-    step = torch.where((det > SINGULAR_DETERMINANT).unsqueeze(1), step, residual)
+    step = torch.where((det > min_det).unsqueeze(1), step, residual if fallback else torch.zeros_like(step))
     norm = (step[:, 0] ** 2 + step[:, 1] ** 2 + step[:, 2] ** 2).sqrt_().unsqueeze(1)  # (norm(dim=1) is slow)
-    return step * torch.clamp(MAX_STEP_VOXELS / (norm + 1e-12), max=1.0)
+    return step * torch.clamp(max_step / (norm + 1e-12), max=1.0)
 
 
 @torch.no_grad()

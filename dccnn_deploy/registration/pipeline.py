@@ -102,20 +102,36 @@ def _network_fields(network: Network | None, moving_g, fixed_g, passes: int = 1)
     return run_passes(network.backend.run, moving_g, fixed_g, passes)
 
 
-def _passes(opts: RegisterOptions, network: Network | None, prepared: PreparedPair) -> int:
-    """Network passes: ``opts.passes``, else the model's recommendation (metadata
-    ``inference_passes``, 1 when absent) for images of one contrast and one pass when the
-    contrasts differ (more passes do not help there: docs/benchmarks.md)."""
-    if opts.passes is not None or network is None:
-        return opts.passes or 1
+def _network_input(prepared: PreparedPair) -> tuple[np.ndarray, dict]:
+    """The moving image the network (and refine) sees, and what was done to it: when the two
+    contrasts differ (:func:`~dccnn_deploy.similarity.contrast_agreement` below
+    :data:`~dccnn_deploy.similarity.SAME_CONTRAST_MIN_CORRELATION`), the moving image mapped into
+    the fixed image's contrast (:func:`~dccnn_deploy.preprocess.contrast_map.map_contrast`)."""
+    from dccnn_deploy.preprocess.contrast_map import map_contrast
     from dccnn_deploy.similarity import SAME_CONTRAST_MIN_CORRELATION, contrast_agreement
 
-    recommended = network.settings.inference_passes
-    if recommended > 1:
-        agreement = contrast_agreement(torch.from_numpy(prepared.moving_g), torch.from_numpy(prepared.fixed_g))
-        if agreement < SAME_CONTRAST_MIN_CORRELATION:
-            return 1
-    return recommended
+    fixed = torch.from_numpy(prepared.fixed_g)
+    agreement = contrast_agreement(torch.from_numpy(prepared.moving_g), fixed)
+    info = {"agreement": round(agreement, 4), "mapped": False}
+    if agreement >= SAME_CONTRAST_MIN_CORRELATION:
+        return prepared.moving_g, info
+    mapped = map_contrast(prepared.moving_g, prepared.fixed_g)
+    info.update(mapped=True, agreement_after=round(contrast_agreement(torch.from_numpy(mapped), fixed), 4))
+    return mapped, info
+
+
+def _passes(opts: RegisterOptions, network: Network | None, contrast: dict) -> int:
+    """Network passes: ``opts.passes``, else the model's recommendation (metadata
+    ``inference_passes``, 1 when absent) when the network's input pair agrees in contrast (after
+    :func:`_network_input`), one pass when it still does not (more passes do not help there:
+    docs/benchmarks.md)."""
+    if opts.passes is not None or network is None:
+        return opts.passes or 1
+    from dccnn_deploy.similarity import SAME_CONTRAST_MIN_CORRELATION
+
+    if contrast.get("agreement_after", contrast["agreement"]) < SAME_CONTRAST_MIN_CORRELATION:
+        return 1
+    return network.settings.inference_passes
 
 
 def _refine(settings, moving_g, fixed_g, fwd, inv):
@@ -186,12 +202,13 @@ def run(moving: ImageLike, fixed: ImageLike, opts: RegisterOptions | None = None
     say("resampling to the model grid")
     prepared = stages.run("resample", prepare_pair, moving_v, fixed_v, matrix, settings)
     say(f"network ({network.backend.name})" if network else "no network: refinement from the identity")
-    passes = _passes(opts, network, prepared)
-    fwd, inv = stages.run("network", _network_fields, network, prepared.moving_g, prepared.fixed_g, passes)
+    moving_in, contrast = stages.run("contrast", _network_input, prepared)
+    passes = _passes(opts, network, contrast)
+    fwd, inv = stages.run("network", _network_fields, network, moving_in, prepared.fixed_g, passes)
     refine_info = None
     if refine_cfg.total_iterations > 0:
         say(f"refining ({refine_cfg.name})")
-        fwd, inv, refine_info = stages.run("refine", _refine, refine_cfg, prepared.moving_g, prepared.fixed_g, fwd, inv)
+        fwd, inv, refine_info = stages.run("refine", _refine, refine_cfg, moving_in, prepared.fixed_g, fwd, inv)
     if fwd is not None:  # the written inverse is the numerical inverse of the forward map
         fwd, inv = stages.run("invert", make_inverse_consistent, fwd, inv)
 
@@ -204,6 +221,7 @@ def run(moving: ImageLike, fixed: ImageLike, opts: RegisterOptions | None = None
         "backend": network.backend.name if network else None,
         "device": opts.device,
         "passes": passes if network else 0,
+        "contrast": contrast,
         "refine_iterations": refine_cfg.total_iterations,
         "refine": refine_info,
         "grid": {"shape": list(settings.grid_shape), "spacing_mm": settings.spacing_mm},

@@ -1,0 +1,57 @@
+"""Contrast mapping before the network (issue 15): a T2-like moving image becomes T1-like."""
+
+from __future__ import annotations
+
+import types
+
+import numpy as np
+import torch
+
+from dccnn_deploy.preprocess.contrast_map import map_contrast
+from dccnn_deploy.registration.pipeline import _network_input, _passes
+from dccnn_deploy.similarity import SAME_CONTRAST_MIN_CORRELATION, contrast_agreement
+
+
+def _tissues(shape=(24, 28, 20), seed=0) -> np.ndarray:
+    """Nested ellipsoid shells (0 background, 1 CSF, 2 grey, 3 white) with a wobbly boundary."""
+    rng = np.random.default_rng(seed)
+    grid = np.stack(np.meshgrid(*[np.linspace(-1, 1, n) for n in shape], indexing="ij"))
+    r = np.sqrt((grid**2).sum(0)) + 0.05 * np.sin(7 * grid[0]) * np.cos(5 * grid[1])
+    labels = np.select([r < 0.4, r < 0.6, r < 0.8], [3, 2, 1], 0)
+    return labels, rng
+
+
+def _paint(labels: np.ndarray, lut: list[float], rng, noise: float = 0.02) -> np.ndarray:
+    img = np.asarray(lut, dtype=np.float32)[labels]
+    return np.where(labels > 0, np.clip(img + rng.normal(0, noise, labels.shape), 0.06, 1.0), 0.0).astype(np.float32)
+
+
+def test_map_contrast_turns_an_inverted_contrast_into_the_fixed_one():
+    labels, rng = _tissues()
+    t1 = _paint(labels, [0.0, 0.25, 0.55, 0.9], rng)
+    t2 = _paint(labels, [0.0, 0.95, 0.6, 0.3], rng)
+    before = contrast_agreement(torch.from_numpy(t2), torch.from_numpy(t1))
+    mapped = map_contrast(t2, t1)
+    after = contrast_agreement(torch.from_numpy(mapped), torch.from_numpy(t1))
+    assert before < 0 and after > 0.9
+    for tissue, value in ((1, 0.25), (2, 0.55), (3, 0.9)):
+        assert abs(float(np.median(mapped[labels == tissue])) - value) < 0.05
+    assert np.array_equal(mapped[labels == 0], t2[labels == 0])  # background untouched
+
+
+def test_pipeline_maps_only_different_contrasts_and_then_runs_all_passes():
+    labels, rng = _tissues()
+    t1 = _paint(labels, [0.0, 0.25, 0.55, 0.9], rng)
+    other_t1 = _paint(labels, [0.0, 0.2, 0.5, 0.85], rng)
+    t2 = _paint(labels, [0.0, 0.95, 0.6, 0.3], rng)
+    network = types.SimpleNamespace(settings=types.SimpleNamespace(inference_passes=5))
+    options = types.SimpleNamespace(passes=None)
+
+    same, info = _network_input(types.SimpleNamespace(moving_g=other_t1, fixed_g=t1))
+    assert same is other_t1 and not info["mapped"] and _passes(options, network, info) == 5
+
+    mapped, info = _network_input(types.SimpleNamespace(moving_g=t2, fixed_g=t1))
+    assert info["mapped"] and info["agreement"] < SAME_CONTRAST_MIN_CORRELATION <= info["agreement_after"]
+    assert _passes(options, network, info) == 5
+    assert _passes(options, network, {"agreement": -0.5, "mapped": True, "agreement_after": 0.1}) == 1
+    assert _passes(types.SimpleNamespace(passes=2), network, info) == 2
