@@ -43,17 +43,17 @@ def pair() -> PreparedPair:
 
 
 def test_good_registration_does_not_warn(pair):
-    mi = final_similarity(pair, None)  # no deformable step: final = affine
+    mi = final_similarity(pair, pair.moving_g)  # no deformable step: final = affine
     assert mi["affine"] == mi["final"] > mi["none"] > 0.2
     assert final_warnings(mi) == []
-    mi = final_similarity(pair, _shift(0.1))  # a deformable step that barely moves
+    mi = final_similarity(pair, pair.warped(_shift(0.1)))  # a deformable step that barely moves
     assert final_warnings(mi) == []
 
 
 @pytest.mark.parametrize("field", ["shift", "random"])
 def test_result_below_no_registration_warns(pair, field):
     forward = _shift(5.0) if field == "shift" else 6.0 * torch.randn(1, 3, *GRID.shape, generator=torch.Generator().manual_seed(0))
-    mi = final_similarity(pair, forward)
+    mi = final_similarity(pair, pair.warped(forward))
     assert mi["final"] < mi["none"]
     (warning,) = final_warnings(mi)
     assert "less similar than no registration" in warning and f"{mi['final']:.3f} < {mi['none']:.3f}" in warning
@@ -61,7 +61,7 @@ def test_result_below_no_registration_warns(pair, field):
 
 def test_deformable_step_undoing_the_affine_warns():
     far = _pair(30.0)  # no registration is far off: a 7 mm deformable error stays above it
-    mi = final_similarity(far, _shift(2.0))
+    mi = final_similarity(far, far.warped(_shift(2.0)))
     assert mi["none"] < mi["final"] < mi["affine"]
     (warning,) = final_warnings(mi)
     assert "deformable step lowered" in warning
@@ -69,7 +69,7 @@ def test_deformable_step_undoing_the_affine_warns():
 
 def test_unrelated_image_warns():
     noise = np.random.default_rng(0).uniform(0.0, 1.0, GRID.shape).astype(np.float32)
-    mi = final_similarity(PreparedPair(GRID, np.eye(4), noise, _image(0.0), noise), None)
+    mi = final_similarity(PreparedPair(GRID, np.eye(4), noise, _image(0.0), noise), noise)
     assert any("share almost no structure" in w for w in final_warnings(mi))
 
 

@@ -196,7 +196,8 @@ def run(moving: ImageLike, fixed: ImageLike, opts: RegisterOptions | None = None
     if fwd is not None:  # the written inverse is the numerical inverse of the forward map
         fwd, inv = stages.run("invert", make_inverse_consistent, fwd, inv)
 
-    mi = stages.run("sanity", final_similarity, prepared, fwd)  # no registration / affine / final
+    moved_g = prepared.warped(fwd)
+    mi = stages.run("sanity", final_similarity, prepared, moved_g)  # no registration / affine / final
     info = {
         "version": __version__,
         "torch": torch.__version__,
@@ -220,7 +221,7 @@ def run(moving: ImageLike, fixed: ImageLike, opts: RegisterOptions | None = None
     seconds = {**stages.seconds, "compute": round(time.perf_counter() - start, 3)}
     seconds["total"] = seconds["compute"]
     registration = Registration(affine=matrix, grid=prepared.grid, forward=fwd, inverse=inv)
-    return RegistrationResult(registration, moving_v, fixed_v, prepared, info, labels, seconds)
+    return RegistrationResult(registration, moving_v, fixed_v, prepared, info, labels, seconds, moved_g)
 
 
 def register_files(

@@ -44,6 +44,7 @@ class RegistrationResult:
         info: dict,
         labels: tuple[Volume, Volume] | None = None,
         seconds: dict[str, float] | None = None,
+        moved_g: np.ndarray | None = None,
     ):
         self.transform = transform
         self.moving, self.fixed = moving, fixed
@@ -53,6 +54,8 @@ class RegistrationResult:
         self.seconds = dict(seconds or {})
         self.fixed_grid = Grid(fixed.shape, fixed.affine)
         self.moving_grid = Grid(moving.shape, moving.affine)
+        if moved_g is not None:  # already warped (``prepared.warped(transform.forward)``): filled into the cache
+            self.__dict__["_moved_g"] = moved_g
 
     # ------------------------------------------------------------------ maps, sampled once
     @cached_property
