@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 
+import nibabel as nib
 import numpy as np
 import pytest
 import torch
@@ -84,11 +85,13 @@ def test_values_in_report_and_strict_exits_3(study, tmp_path):
     assert set(mi) == {"none", "affine", "final", "chance"} and mi["final"] > 0.2, mi
     assert not final_warnings(mi) and res.exit_code == 0, res.output
 
-    img = save_nifti(tmp_path / "noise.nii.gz", np.random.default_rng(1).uniform(0, 100, (40, 40, 44)).astype(np.float32),
-                     np.diag([3.5, 3.5, 3.5, 1.0]))
+    header = nib.load(str(study["moving"]))  # the moving image's box: no field-of-view warning
+    noise = np.random.default_rng(1).uniform(0, 100, header.shape).astype(np.float32)
+    img = save_nifti(tmp_path / "noise.nii.gz", noise, header.affine)
     out = tmp_path / "noise"
     res = runner.invoke(app, ["register", str(img), str(study["fixed"]), "-o", str(out), "--model", str(study["model"]),
                               "--no-affine", "--strict"])
     assert res.exit_code == 3, res.output
     assert "warning:" in res.output and "share almost no structure" in res.output
+    assert "1 warning(s) and --strict" in res.output  # this check alone
     assert any("share almost no structure" in w for w in json.loads((out / "report.json").read_text())["warnings"])
