@@ -39,6 +39,7 @@ from dccnn_deploy.runtime.passes import run_passes
 from dccnn_deploy.runtime.loading import Network, open_network
 from dccnn_deploy.registration.provenance import input_record, options_record
 from dccnn_deploy.registration.sanity import affine_sanity
+from dccnn_deploy.registration.sanity_final import final_similarity, final_warnings
 from dccnn_deploy.transform import Registration
 
 Progress = Callable[[str], None]
@@ -212,6 +213,8 @@ def run(moving: ImageLike, fixed: ImageLike, opts: RegisterOptions | None = None
     if fwd is not None:  # the written inverse is the numerical inverse of the forward map
         fwd, inv = stages.run("invert", make_inverse_consistent, fwd, inv)
 
+    moved_g = prepared.warped(fwd)
+    mi = stages.run("sanity", final_similarity, prepared, moved_g)  # no registration / affine / final
     info = {
         "version": __version__,
         "torch": torch.__version__,
@@ -229,12 +232,14 @@ def run(moving: ImageLike, fixed: ImageLike, opts: RegisterOptions | None = None
         "inputs": inputs,
         "options": options_record(opts),
         "warnings": affine_sanity(matrix, moving_v, fixed_v) + (similarity_warnings(aff.mi_before, aff.mi_after)
-                                                              + overlap_warnings(aff.overlap) if opts.affine else []),
+                                                              + overlap_warnings(aff.overlap) if opts.affine else [])
+                    + final_warnings(mi),
+        "sanity": {"mutual_information": mi},
     }
     seconds = {**stages.seconds, "compute": round(time.perf_counter() - start, 3)}
     seconds["total"] = seconds["compute"]
     registration = Registration(affine=matrix, grid=prepared.grid, forward=fwd, inverse=inv, exact_inverse=True)
-    return RegistrationResult(registration, moving_v, fixed_v, prepared, info, labels, seconds)
+    return RegistrationResult(registration, moving_v, fixed_v, prepared, info, labels, seconds, moved_g)
 
 
 def register_files(

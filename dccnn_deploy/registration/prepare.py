@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -11,6 +12,9 @@ from dccnn_deploy.preprocess.affine import centre_of_mass
 from dccnn_deploy.preprocess.grid import Grid, model_grid, resample_to_grid
 from dccnn_deploy.preprocess.intensity import foreground_mask, normalise_intensity
 from dccnn_deploy.preprocess.settings import PreprocessSettings
+
+if TYPE_CHECKING:
+    import torch
 
 
 @dataclass
@@ -26,6 +30,17 @@ class PreparedPair:
     moving_g: np.ndarray
     fixed_g: np.ndarray
     unaligned_g: np.ndarray
+
+    def warped(self, forward: torch.Tensor | None) -> np.ndarray:
+        """``moving_g`` through the forward voxel displacement ``(1, 3, *grid)`` (None: ``moving_g``):
+        the moving image on the model grid after the whole registration."""
+        if forward is None:
+            return self.moving_g
+        import torch
+
+        from dccnn_deploy.ops.warp import warp_gridsample
+
+        return warp_gridsample(torch.from_numpy(self.moving_g)[None, None], forward)[0, 0].numpy()
 
 
 def prepare_pair(moving: Volume, fixed: Volume, matrix: np.ndarray, settings: PreprocessSettings) -> PreparedPair:

@@ -18,7 +18,6 @@ import numpy as np
 import torch
 
 from dccnn_deploy.io import Volume, check_outputs_free, itk_displacement_image, volume_image
-from dccnn_deploy.ops.warp import warp_gridsample
 from dccnn_deploy.preprocess.grid import Grid
 from dccnn_deploy.registration.inputs import ImageLike, to_volume
 from dccnn_deploy.registration.outputs import OUTPUTS, StagedOutputs, output_files, select_outputs, write_outputs
@@ -45,6 +44,7 @@ class RegistrationResult:
         info: dict,
         labels: tuple[Volume, Volume] | None = None,
         seconds: dict[str, float] | None = None,
+        moved_g: np.ndarray | None = None,
     ):
         self.transform = transform
         self.moving, self.fixed = moving, fixed
@@ -54,6 +54,8 @@ class RegistrationResult:
         self.seconds = dict(seconds or {})
         self.fixed_grid = Grid(fixed.shape, fixed.affine)
         self.moving_grid = Grid(moving.shape, moving.affine)
+        if moved_g is not None:  # already warped (``prepared.warped(transform.forward)``): filled into the cache
+            self.__dict__["_moved_g"] = moved_g
 
     # ------------------------------------------------------------------ maps, sampled once
     @cached_property
@@ -69,10 +71,7 @@ class RegistrationResult:
     @cached_property
     def _moved_g(self) -> np.ndarray:
         """The moving image on the model grid after the whole registration (similarity, QC)."""
-        if self.transform.forward is None:
-            return self.prepared.moving_g
-        moving = torch.from_numpy(self.prepared.moving_g)[None, None]
-        return warp_gridsample(moving, self.transform.forward)[0, 0].numpy()
+        return self.prepared.warped(self.transform.forward)
 
     # ------------------------------------------------------------------ images
     @cached_property
