@@ -46,7 +46,8 @@ class RefineSettings:
     ``patience`` / ``tolerance``: a level stops when the loss improved by less than
     ``tolerance`` (relative) over the last ``patience`` iterations (0: never);
     ``similarity``: a :data:`dccnn_deploy.similarity.SIMILARITIES` name or ``auto``;
-    ``symmetric``: the similarity of both maps (else the forward one only).
+    ``symmetric``: the similarity of both maps (else the forward one only);
+    ``passes``: the network passes to run before refining (None: the model's own count).
     """
 
     iterations: tuple[int, ...]
@@ -59,6 +60,7 @@ class RefineSettings:
     window: int = 9
     patience: int = 0
     tolerance: float = 1e-3
+    passes: int | None = None
     name: str = "custom"
 
     def __post_init__(self) -> None:
@@ -78,7 +80,9 @@ def _even_split(n: int, levels: int = 3) -> tuple[int, ...]:
 
 #: named presets (``--refine fast``); the measurements behind them are in docs/benchmarks.md
 PRESETS: dict[str, RefineSettings] = {
-    "fast": RefineSettings(iterations=(0, 40, 12), symmetric=False, patience=10, name="fast"),
+    # one network pass + refine: DK Dice 0.555 vs SyN 0.511 in 0.54x SyN's time with (0, 40, 12)
+    # (donor pair, benchmarks/refine_presets.py); five passes first reach 0.562 in 0.80x
+    "fast": RefineSettings(iterations=(0, 30, 10), symmetric=False, patience=10, passes=1, name="fast"),
     "accurate": RefineSettings(iterations=(0, 80, 40), patience=15, name="accurate"),
 }
 

@@ -103,11 +103,11 @@ def register(
     backend: Optional[str] = typer.Option(None, help="torch | onnxruntime | tensorrt (default: from the model file)."),
     device: str = typer.Option("cpu", help="cpu | cuda."),
     refine: str = typer.Option(
-        "0", help="Instance optimisation after the network: a preset (fast, accurate) or an iteration count (0: none)."
+        "0", help="Instance optimisation after the network: a preset (fast: 1 network pass + refine; accurate) or an iteration count (0: none)."
     ),
     similarity: str = typer.Option("auto", help="Refine similarity: lncc | mind | ngf | auto (mind when contrasts differ)."),
     passes: Optional[int] = typer.Option(
-        None, help="Network passes (default: the model's recommendation for one contrast, 1 when contrasts differ)."
+        None, help="Network passes (default: the refine preset's, else the model's recommendation; 1 when contrasts still differ after mapping)."
     ),
     moving_labels: Optional[Path] = typer.Option(None, help="Label map of the moving image."),
     fixed_labels: Optional[Path] = typer.Option(None, help="Label map of the fixed image (Dice/HD95)."),

@@ -121,13 +121,15 @@ def _network_input(prepared: PreparedPair) -> tuple[np.ndarray, dict]:
     return mapped, info
 
 
-def _passes(opts: RegisterOptions, network: Network | None, contrast: dict) -> int:
-    """Network passes: ``opts.passes``, else the model's recommendation (metadata
+def _passes(opts: RegisterOptions, network: Network | None, contrast: dict, preset: int | None = None) -> int:
+    """Network passes: ``opts.passes``, else the refine preset's (``preset``), else the model's recommendation (metadata
     ``inference_passes``, 1 when absent) when the network's input pair agrees in contrast (after
     :func:`_network_input`), one pass when it still does not (more passes do not help there:
     docs/benchmarks.md)."""
     if opts.passes is not None or network is None:
         return opts.passes or 1
+    if preset is not None:
+        return preset
     from dccnn_deploy.similarity import SAME_CONTRAST_MIN_CORRELATION
 
     if contrast.get("agreement_after", contrast["agreement"]) < SAME_CONTRAST_MIN_CORRELATION:
@@ -204,7 +206,7 @@ def run(moving: ImageLike, fixed: ImageLike, opts: RegisterOptions | None = None
     prepared = stages.run("resample", prepare_pair, moving_v, fixed_v, matrix, settings)
     say(f"network ({network.backend.name})" if network else "no network: refinement from the identity")
     moving_in, contrast = stages.run("contrast", _network_input, prepared)
-    passes = _passes(opts, network, contrast)
+    passes = _passes(opts, network, contrast, refine_cfg.passes)
     fwd, inv = stages.run("network", _network_fields, network, moving_in, prepared.fixed_g, passes)
     refine_info = None
     if refine_cfg.total_iterations > 0:
