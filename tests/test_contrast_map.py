@@ -53,7 +53,7 @@ def test_pipeline_maps_only_different_contrasts_and_then_runs_all_passes():
     mapped, info = _network_input(types.SimpleNamespace(moving_g=t2, fixed_g=t1))
     assert info["mapped"] and info["agreement"] < SAME_CONTRAST_MIN_CORRELATION <= info["agreement_after"]
     assert _passes(options, network, info) == 5
-    assert _passes(options, network, {"agreement": -0.5, "mapped": True, "agreement_after": 0.1}) == 1
+    assert _passes(options, network, {"agreement": -0.5, "mapped": True, "agreement_after": 0.5}) == 1
     assert _passes(types.SimpleNamespace(passes=2), network, info) == 2
     assert _passes(options, network, info, preset=1) == 1  # a refine preset's own count
     assert _passes(types.SimpleNamespace(passes=3), network, info, preset=1) == 3  # --passes wins
