@@ -19,8 +19,11 @@ from dccnn_deploy.io import nifti as nifti_io
 from dccnn_deploy.io.nifti import nifti_image
 from dccnn_deploy.ops.smoothing import gaussian_smooth
 from dccnn_deploy.ops.warp import compose, warp
+from dccnn_deploy.model import DCCNNLSTMReg
 from dccnn_deploy.preprocess.grid import Grid, model_grid
+from dccnn_deploy.runtime.backends import TorchBackend, _transposed_as_conv, cpu_inference_model
 from dccnn_deploy.transform import Registration, map_jacobian, sample_at, world_displacement
+from conftest import SMALL
 from phantoms import grid_points, lia_affine, rotation
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -216,3 +219,41 @@ def test_gpu_check_dry_run(tmp_path):
     assert len(latency) == 2 and all(float(r["value"]) > 0 for r in latency)
     register = [r for r in rows if r["check"] == "register"][0]
     assert float(register["value"]) > 0, register
+
+
+@pytest.mark.parametrize("padding", [0, 1, (2, 1, 1)])
+def test_stride_one_transposed_convolution_becomes_an_equal_convolution(padding):
+    torch.manual_seed(0)
+    tconv = torch.nn.ConvTranspose3d(5, 3, (3, 2, 3), padding=padding).eval()
+    conv = _transposed_as_conv(tconv)
+    x = torch.rand(2, 5, 9, 8, 7)
+    assert isinstance(conv, torch.nn.Conv3d)
+    with torch.no_grad():
+        assert torch.allclose(conv(x), tconv(x), atol=1e-5)
+    for other in (torch.nn.ConvTranspose3d(5, 3, 2, stride=2), torch.nn.ConvTranspose3d(5, 3, 2, padding=2)):
+        assert _transposed_as_conv(other) is other  # no equal plain convolution: left alone
+
+
+def test_cpu_tuned_torch_backend_matches_the_plain_model():
+    """The tuned copy (channels-last, transposed convs as convs) gives the plain model's fields
+    and leaves the caller's model as it was."""
+    torch.manual_seed(0)
+    model = DCCNNLSTMReg(SMALL).eval()
+    with torch.no_grad():
+        for blocks in model.blocks:
+            for block in blocks:
+                block.gates.weight.mul_(30.0)  # displacements of ~1 voxel, so differences show
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    rng = np.random.default_rng(0)
+    moving, fixed = (rng.random((20, 24, 16), dtype=np.float32) for _ in range(2))
+    plain = TorchBackend(model, cpu_tuned=False).run(moving, fixed)
+    backend = TorchBackend(model)
+    tuned = backend.run(moving, fixed)
+    assert max(float(np.abs(a).max()) for a in plain) > 0.3
+    assert max(float(np.abs(a - b).max()) for a, b in zip(tuned, plain)) < 1e-4
+    assert not any(isinstance(m, torch.nn.ConvTranspose3d) for m in backend.model.modules())
+    assert backend.model.unet.stem[0].weight.is_contiguous(memory_format=torch.channels_last_3d)
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    assert any(isinstance(m, torch.nn.ConvTranspose3d) for m in model.modules())
+    assert cpu_inference_model(model) is not model
+
