@@ -3,7 +3,9 @@ background writes, and a CLI start-up that does not import torch."""
 
 from __future__ import annotations
 
+import csv
 import gzip
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -257,3 +259,43 @@ def test_cpu_tuned_torch_backend_matches_the_plain_model():
     assert any(isinstance(m, torch.nn.ConvTranspose3d) for m in model.modules())
     assert cpu_inference_model(model) is not model
 
+
+def test_batch_opens_the_model_once_reads_ahead_and_matches_single_registrations(study, tmp_path, monkeypatch):
+    """``dccnn batch``: one model opening for the study, the inputs read ahead of their turn,
+    and per pair the same warp as ``dccnn register`` of that pair alone."""
+    from typer.testing import CliRunner
+
+    from dccnn_deploy.cli import batch_cmd
+    from dccnn_deploy.cli.app import app
+    from dccnn_deploy.registration import pipeline
+
+    for sub in ("a", "b", "c"):
+        (tmp_path / sub).mkdir()
+        (tmp_path / sub / "T1.nii.gz").write_bytes(study["moving"].read_bytes())
+    pairs = tmp_path / "pairs.csv"
+    pairs.write_text("".join(f"{sub}/T1.nii.gz,{study['fixed']}\n" for sub in ("a", "b", "c")))
+    opened, ahead = [], []
+    real_open, real_read = pipeline.open_network, batch_cmd.read_ahead
+    monkeypatch.setattr(pipeline, "open_network", lambda *a, **k: opened.append(a) or real_open(*a, **k))
+    monkeypatch.setattr(batch_cmd, "read_ahead", lambda *a, **k: ahead.append(real_read(*a, **k)) or ahead[-1])
+    fast = ["--model", str(study["model"]), "--no-affine"]
+    runner = CliRunner()
+    res = runner.invoke(app, ["batch", "--pairs", str(pairs), "-o", str(tmp_path / "out"), *fast])
+    assert res.exit_code == 0, res.output
+    assert len(opened) == 1
+    assert len(ahead) == 3 and all(set(r) == {"moving", "fixed"} for r in ahead)
+    rows = list(csv.DictReader((tmp_path / "out" / "summary.csv").open()))
+    assert [r["status"] for r in rows] == ["ok"] * 3
+    single = tmp_path / "single"
+    res = runner.invoke(app, ["register", str(tmp_path / "b" / "T1.nii.gz"), str(study["fixed"]), "-o", str(single), *fast])
+    assert res.exit_code == 0, res.output
+    row = next(r for r in rows if Path(r["moving"]).parent.name == "b")
+    report = json.loads((tmp_path / "out" / row["dir"] / "report.json").read_text())
+    assert report["inputs"]["moving"]["path"] == str((tmp_path / "b" / "T1.nii.gz").resolve())
+    for name in ("fwd_warp.nii.gz", "inv_warp.nii.gz", "moved.nii.gz"):
+        a = np.asarray(nib.load(str(tmp_path / "out" / row["dir"] / name)).dataobj)
+        b = np.asarray(nib.load(str(single / name)).dataobj)
+        assert np.array_equal(a, b), name
+    res = runner.invoke(app, ["batch", "--pairs", str(pairs), "-o", str(tmp_path / "out"), *fast])  # resume
+    assert res.exit_code == 0 and [r["status"] for r in csv.DictReader((tmp_path / "out" / "summary.csv").open())] == ["ok"] * 3
+    assert ahead[3:] == [None] * 3  # finished pairs are not read ahead
