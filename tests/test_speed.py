@@ -299,3 +299,25 @@ def test_batch_opens_the_model_once_reads_ahead_and_matches_single_registrations
     res = runner.invoke(app, ["batch", "--pairs", str(pairs), "-o", str(tmp_path / "out"), *fast])  # resume
     assert res.exit_code == 0 and [r["status"] for r in csv.DictReader((tmp_path / "out" / "summary.csv").open())] == ["ok"] * 3
     assert ahead[3:] == [None] * 3  # finished pairs are not read ahead
+
+
+@pytest.mark.parametrize("order", ["F", "C"])
+def test_composite_field_chunks_hold_what_h5py_gzip_writes(tmp_path, monkeypatch, order):
+    """Fields in ``.h5`` composites: chunks compressed by ISA-L (several, the last partial) read
+    back through HDF5's own shuffle + gzip filters as the ITK parameter order of the field."""
+    h5py = pytest.importorskip("h5py")
+    from dccnn_deploy.io import itk_transforms
+    from dccnn_deploy.io.itk_transforms import load_itk_composite, save_itk_composite
+
+    monkeypatch.setattr(itk_transforms, "FIELD_CHUNK", 1000)
+    rng = np.random.default_rng(1)
+    disp = np.asarray(rng.normal(0, 3.0, (13, 11, 9, 3)).astype(np.float32), order=order)
+    affine = np.diag([1.5, 1.5, 2.0, 1.0])
+    save_itk_composite(tmp_path / "t.h5", [np.eye(4), (disp, affine)])
+    with h5py.File(tmp_path / "t.h5") as f:
+        data = f["TransformGroup/2/TransformParameters"]
+        assert (data.compression, data.shuffle, data.chunks, data.dtype) == ("gzip", True, (1000,), np.float32)
+        expected = (disp * np.array([-1.0, -1.0, 1.0], np.float32)).transpose(2, 1, 0, 3).ravel()  # LPS, x fastest
+        assert np.array_equal(data[()], expected)
+    _, (field, field_affine) = load_itk_composite(tmp_path / "t.h5")
+    assert np.array_equal(field, disp) and np.allclose(field_affine, affine)
