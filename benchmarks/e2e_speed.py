@@ -8,7 +8,7 @@ Each run is a separate process timed with /usr/bin/time (wall seconds, peak RSS)
 ``ants.registration(type_of_transform="SyN")`` with the moved image written (antspyx import
 included). Runs alternate ours / ANTs so both see the same machine load; medians are reported
 with the ratio ANTs / ours. Also times ``dccnn --version`` and ``dccnn --help``.
-Prints a Markdown table. Defaults: Colin27 brain (ch2bet, 181x217x181) -> ICBM 2009c brain
+``--code TREE`` (repeatable) times several code trees, alternating. Prints a Markdown table. Defaults: Colin27 brain (ch2bet, 181x217x181) -> ICBM 2009c brain
 (193x229x193) from ~/.cache/dccnn/brains, the shipped default model.
 """
 
@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shlex
 import shutil
 import sys
@@ -34,16 +35,26 @@ m, f = ants.image_read(sys.argv[1]), ants.image_read(sys.argv[2])
 reg = ants.registration(fixed=f, moving=m, type_of_transform="SyN")
 ants.image_write(reg["warpedmovout"], sys.argv[3])
 '''
-STAGES = ("load", "load_model", "affine", "resample", "network", "outputs")
+STAGES = ("load", "load_model", "affine", "resample", "network", "invert", "outputs")
 
 
-def _ours(args, out: Path) -> dict:
+def _ours(args, out: Path, code: Path | None = None) -> dict:
+    """One timed ``dccnn register``; ``code``: a code tree put first on PYTHONPATH (None: as installed)."""
     shutil.rmtree(out, ignore_errors=True)
     cmd = [sys.executable, "-m", "dccnn_deploy.cli.app", "register", str(args.moving), str(args.fixed), "-o", str(out)]
     if args.model:
         cmd += ["--model", str(args.model)]
     cmd += shlex.split(args.register_args)
-    wall, mb, _ = _timed(cmd)
+    saved = os.environ.get("PYTHONPATH")
+    if code is not None:
+        os.environ["PYTHONPATH"] = str(code.resolve())
+    try:
+        wall, mb, _ = _timed(cmd)
+    finally:
+        if saved is None:
+            os.environ.pop("PYTHONPATH", None)
+        else:
+            os.environ["PYTHONPATH"] = saved
     report = json.loads((out / "report.json").read_text())
     return {"wall": wall, "rss": mb, **{k: report["seconds"].get(k, 0.0) for k in STAGES}}
 
@@ -63,27 +74,38 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=1)
     ap.add_argument("--no-ants", action="store_true")
     ap.add_argument("--register-args", default="", help="extra `dccnn register` options, quoted")
+    ap.add_argument("--code", type=Path, action="append", default=None,
+                    help="a code tree to time (repeatable; runs alternate between trees): its folder goes "
+                         "first on PYTHONPATH, e.g. from `git archive COMMIT | tar -x -C DIR`; default: as installed")
     args = ap.parse_args()
 
     cli = [sys.executable, "-m", "dccnn_deploy.cli.app"]
     startup = {flag: _timed([*cli, flag])[0] for flag in ("--version", "--help")}
-    ours, ants = [], []
+    codes = args.code or [None]
+    ours: dict[Path | None, list[dict]] = {code: [] for code in codes}
+    ants = []
     for r in range(args.repeats):
-        ours.append(_ours(args, args.work / f"ours{r}"))
+        for k, code in enumerate(codes):
+            ours[code].append(_ours(args, args.work / f"ours{r}-{k}", code))
         if not args.no_ants:
             ants.append(_ants(args, args.work / f"ants{r}"))
     med = lambda rows, key: float(np.median([row[key] for row in rows]))  # noqa: E731
 
-    print(f"\n{args.moving.name} -> {args.fixed.name}, {args.repeats} run(s) each, medians\n")
+    load = os.getloadavg()
+    print(f"\n{args.moving.name} -> {args.fixed.name}, {args.repeats} run(s) each, medians; "
+          f"load average at the end {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f}\n")
     print("| | wall s | peak RSS MB |")
     print("|---|---:|---:|")
-    print(f"| `dccnn register` (whole process) | {med(ours, 'wall'):.1f} | {med(ours, 'rss'):.0f} |")
-    for stage in STAGES:
-        print(f"| &nbsp;&nbsp;{stage} | {med(ours, stage):.2f} | |")
+    for code, rows in ours.items():
+        name = f"`dccnn register` (whole process){f' {code}' if code else ''}"
+        walls = ", ".join(f"{row['wall']:.1f}" for row in rows)
+        print(f"| {name} | {med(rows, 'wall'):.1f} ({walls}) | {med(rows, 'rss'):.0f} |")
+        for stage in STAGES:
+            print(f"| &nbsp;&nbsp;{stage} | {med(rows, stage):.2f} | |")
+        if ants:
+            print(f"| **ratio SyN / ours** | **{med(ants, 'wall') / med(rows, 'wall'):.1f}x** | |")
     if ants:
-        ratio = med(ants, "wall") / med(ours, "wall")
         print(f"| antspyx SyN (whole process) | {med(ants, 'wall'):.1f} | {med(ants, 'rss'):.0f} |")
-        print(f"| **ratio SyN / ours** | **{ratio:.1f}x** | |")
     print(f"| `dccnn --version` / `--help` | {startup['--version']:.2f} / {startup['--help']:.2f} | |")
 
 

@@ -3,7 +3,9 @@ background writes, and a CLI start-up that does not import torch."""
 
 from __future__ import annotations
 
+import csv
 import gzip
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -19,8 +21,11 @@ from dccnn_deploy.io import nifti as nifti_io
 from dccnn_deploy.io.nifti import nifti_image
 from dccnn_deploy.ops.smoothing import gaussian_smooth
 from dccnn_deploy.ops.warp import compose, warp
+from dccnn_deploy.model import DCCNNLSTMReg
 from dccnn_deploy.preprocess.grid import Grid, model_grid
+from dccnn_deploy.runtime.backends import TorchBackend, _transposed_as_conv, cpu_inference_model
 from dccnn_deploy.transform import Registration, map_jacobian, sample_at, world_displacement
+from conftest import SMALL
 from phantoms import grid_points, lia_affine, rotation
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -243,3 +248,103 @@ def test_gpu_check_dry_run(tmp_path):
     assert len(latency) == 2 and all(float(r["value"]) > 0 for r in latency)
     register = [r for r in rows if r["check"] == "register"][0]
     assert float(register["value"]) > 0, register
+
+
+@pytest.mark.parametrize("padding", [0, 1, (2, 1, 1)])
+def test_stride_one_transposed_convolution_becomes_an_equal_convolution(padding):
+    torch.manual_seed(0)
+    tconv = torch.nn.ConvTranspose3d(5, 3, (3, 2, 3), padding=padding).eval()
+    conv = _transposed_as_conv(tconv)
+    x = torch.rand(2, 5, 9, 8, 7)
+    assert isinstance(conv, torch.nn.Conv3d)
+    with torch.no_grad():
+        assert torch.allclose(conv(x), tconv(x), atol=1e-5)
+    for other in (torch.nn.ConvTranspose3d(5, 3, 2, stride=2), torch.nn.ConvTranspose3d(5, 3, 2, padding=2)):
+        assert _transposed_as_conv(other) is other  # no equal plain convolution: left alone
+
+
+def test_cpu_tuned_torch_backend_matches_the_plain_model():
+    """The tuned copy (channels-last, transposed convs as convs) gives the plain model's fields
+    and leaves the caller's model as it was."""
+    torch.manual_seed(0)
+    model = DCCNNLSTMReg(SMALL).eval()
+    with torch.no_grad():
+        for blocks in model.blocks:
+            for block in blocks:
+                block.gates.weight.mul_(30.0)  # displacements of ~1 voxel, so differences show
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    rng = np.random.default_rng(0)
+    moving, fixed = (rng.random((20, 24, 16), dtype=np.float32) for _ in range(2))
+    plain = TorchBackend(model, cpu_tuned=False).run(moving, fixed)
+    backend = TorchBackend(model)
+    tuned = backend.run(moving, fixed)
+    assert max(float(np.abs(a).max()) for a in plain) > 0.3
+    assert max(float(np.abs(a - b).max()) for a, b in zip(tuned, plain)) < 1e-4
+    assert not any(isinstance(m, torch.nn.ConvTranspose3d) for m in backend.model.modules())
+    assert backend.model.unet.stem[0].weight.is_contiguous(memory_format=torch.channels_last_3d)
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    assert any(isinstance(m, torch.nn.ConvTranspose3d) for m in model.modules())
+    assert cpu_inference_model(model) is not model
+
+
+def test_batch_opens_the_model_once_reads_ahead_and_matches_single_registrations(study, tmp_path, monkeypatch):
+    """``dccnn batch``: one model opening for the study, the inputs read ahead of their turn,
+    and per pair the same warp as ``dccnn register`` of that pair alone."""
+    from typer.testing import CliRunner
+
+    from dccnn_deploy.cli import batch_cmd
+    from dccnn_deploy.cli.app import app
+    from dccnn_deploy.registration import pipeline
+
+    for sub in ("a", "b", "c"):
+        (tmp_path / sub).mkdir()
+        (tmp_path / sub / "T1.nii.gz").write_bytes(study["moving"].read_bytes())
+    pairs = tmp_path / "pairs.csv"
+    pairs.write_text("".join(f"{sub}/T1.nii.gz,{study['fixed']}\n" for sub in ("a", "b", "c")))
+    opened, ahead = [], []
+    real_open, real_read = pipeline.open_network, batch_cmd.read_ahead
+    monkeypatch.setattr(pipeline, "open_network", lambda *a, **k: opened.append(a) or real_open(*a, **k))
+    monkeypatch.setattr(batch_cmd, "read_ahead", lambda *a, **k: ahead.append(real_read(*a, **k)) or ahead[-1])
+    fast = ["--model", str(study["model"]), "--no-affine"]
+    runner = CliRunner()
+    res = runner.invoke(app, ["batch", "--pairs", str(pairs), "-o", str(tmp_path / "out"), *fast])
+    assert res.exit_code == 0, res.output
+    assert len(opened) == 1
+    assert len(ahead) == 3 and all(set(r) == {"moving", "fixed"} for r in ahead)
+    rows = list(csv.DictReader((tmp_path / "out" / "summary.csv").open()))
+    assert [r["status"] for r in rows] == ["ok"] * 3
+    single = tmp_path / "single"
+    res = runner.invoke(app, ["register", str(tmp_path / "b" / "T1.nii.gz"), str(study["fixed"]), "-o", str(single), *fast])
+    assert res.exit_code == 0, res.output
+    row = next(r for r in rows if Path(r["moving"]).parent.name == "b")
+    report = json.loads((tmp_path / "out" / row["dir"] / "report.json").read_text())
+    assert report["inputs"]["moving"]["path"] == str((tmp_path / "b" / "T1.nii.gz").resolve())
+    for name in ("fwd_warp.nii.gz", "inv_warp.nii.gz", "moved.nii.gz"):
+        a = np.asarray(nib.load(str(tmp_path / "out" / row["dir"] / name)).dataobj)
+        b = np.asarray(nib.load(str(single / name)).dataobj)
+        assert np.array_equal(a, b), name
+    res = runner.invoke(app, ["batch", "--pairs", str(pairs), "-o", str(tmp_path / "out"), *fast])  # resume
+    assert res.exit_code == 0 and [r["status"] for r in csv.DictReader((tmp_path / "out" / "summary.csv").open())] == ["ok"] * 3
+    assert ahead[3:] == [None] * 3  # finished pairs are not read ahead
+
+
+@pytest.mark.parametrize("order", ["F", "C"])
+def test_composite_field_chunks_hold_what_h5py_gzip_writes(tmp_path, monkeypatch, order):
+    """Fields in ``.h5`` composites: chunks compressed by ISA-L (several, the last partial) read
+    back through HDF5's own shuffle + gzip filters as the ITK parameter order of the field."""
+    h5py = pytest.importorskip("h5py")
+    from dccnn_deploy.io import itk_transforms
+    from dccnn_deploy.io.itk_transforms import load_itk_composite, save_itk_composite
+
+    monkeypatch.setattr(itk_transforms, "FIELD_CHUNK", 1000)
+    rng = np.random.default_rng(1)
+    disp = np.asarray(rng.normal(0, 3.0, (13, 11, 9, 3)).astype(np.float32), order=order)
+    affine = np.diag([1.5, 1.5, 2.0, 1.0])
+    save_itk_composite(tmp_path / "t.h5", [np.eye(4), (disp, affine)])
+    with h5py.File(tmp_path / "t.h5") as f:
+        data = f["TransformGroup/2/TransformParameters"]
+        assert (data.compression, data.shuffle, data.chunks, data.dtype) == ("gzip", True, (1000,), np.float32)
+        expected = (disp * np.array([-1.0, -1.0, 1.0], np.float32)).transpose(2, 1, 0, 3).ravel()  # LPS, x fastest
+        assert np.array_equal(data[()], expected)
+    _, (field, field_affine) = load_itk_composite(tmp_path / "t.h5")
+    assert np.array_equal(field, disp) and np.allclose(field_affine, affine)

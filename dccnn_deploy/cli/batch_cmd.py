@@ -2,12 +2,14 @@
 
 Resume is checked, not assumed: a finished pair folder is reused only when its
 ``report.json`` records the same input files (path, size, mtime) and options; otherwise the
-pair is registered again (the whole output set replaced).
+pair is registered again (the whole output set replaced). The model is opened once for the
+study, and the next pair's files are read in a background thread while a pair computes.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Optional
 
@@ -19,7 +21,10 @@ from dccnn_deploy.cli.common import USER_ERRORS, console, err_console, fail, use
 from dccnn_deploy.cli.guard import EXIT_STRICT, report_warnings, stop_cleanly
 from dccnn_deploy.cli.register_cmd import options_from_cli
 from dccnn_deploy.io.staging import OutputLockedError, claimed_output_dir, probe_output_dir, terminate_like_interrupt
+from dccnn_deploy.io import Volume
 from dccnn_deploy.registration import RegisterOptions, register_files
+from dccnn_deploy.registration.inputs import to_volume
+from dccnn_deploy.registration.pipeline import open_model
 from dccnn_deploy.registration.batch import (
     FAILED_NAME, Pair, deduplicate, pair_state, pairs_from_csv, pairs_from_folder, parse_shard, rebuild_summary,
     shard, shard_summary_name, summary_row, write_failure, write_rows,
@@ -36,24 +41,49 @@ def _error_text(exc: BaseException) -> str:
     return text if isinstance(exc, USER_ERRORS) else f"{type(exc).__name__}: {text}"
 
 
-def run_pair(pair: Pair, out: Path, opts: RegisterOptions, overwrite: bool) -> dict:
+def _finished(pair: Pair, folder: Path, opts: RegisterOptions) -> tuple[str, dict | None, list[str]]:
+    """The pair folder's state and record, and why a finished result does not match the pair's
+    inputs and options (empty: reusable)."""
+    state, record = pair_state(folder)
+    inputs = input_record(pair.moving, pair.fixed, pair.moving_labels, pair.fixed_labels)
+    return state, record, differences(record, inputs, options_record(opts)) if state == "ok" else []
+
+
+def read_ahead(pair: Pair, out: Path, opts: RegisterOptions, overwrite: bool) -> dict[str, Volume] | None:
+    """The pair's images and label maps read before their turn (a background thread does it while
+    the previous pair computes), keyed like :func:`register_files`' arguments; None when the pair
+    looks finished and reusable or a file does not read: :func:`run_pair` then decides (under the
+    folder's lock) and reads or reports as it would without reading ahead."""
+    try:
+        state, _, why = _finished(pair, out / pair.name, opts)
+        if state == "ok" and not why and not overwrite:
+            return None
+        files = {"moving": (pair.moving, "image"), "fixed": (pair.fixed, "image"),
+                 "moving_labels": (pair.moving_labels, "labels"), "fixed_labels": (pair.fixed_labels, "labels")}
+        return {key: to_volume(path, kind, key) for key, (path, kind) in files.items() if path is not None}
+    except Exception:  # noqa: BLE001 - the registration reads again and reports the error
+        return None
+
+
+def run_pair(pair: Pair, out: Path, opts: RegisterOptions, overwrite: bool, read: dict[str, Volume] | None = None) -> dict:
     """Register one pair into ``out/<pair id>`` unless a matching finished result is there.
 
+    ``read``: the pair's volumes from :func:`read_ahead` (None: read the files here).
     Returns its summary row: ``done before``, ``ok``, ``redone (why)``, ``failed`` or ``busy``.
     """
     folder = out / pair.name
     paths = {"moving": str(pair.moving), "fixed": str(pair.fixed)}
-    inputs = input_record(pair.moving, pair.fixed, pair.moving_labels, pair.fixed_labels)
-    options = options_record(opts)
+    read = read or {}
     try:
         with claimed_output_dir(folder, overwrite):
-            state, record = pair_state(folder)
-            why = differences(record, inputs, options) if state == "ok" else []
+            state, record, why = _finished(pair, folder, opts)
             if state == "ok" and not why and not overwrite:
                 return summary_row(pair.name, record, status="done before")
             replace = overwrite or (folder / "report.json").exists()
+            labels = {key: read[key] for key in ("moving_labels", "fixed_labels") if key in read}
             try:
-                report = register_files(pair.moving, pair.fixed, folder, dataclasses.replace(opts, overwrite=replace))
+                report = register_files(read.get("moving", pair.moving), read.get("fixed", pair.fixed), folder,
+                                        dataclasses.replace(opts, overwrite=replace, **labels))
             except Exception as exc:  # noqa: BLE001 - one bad pair must not stop the study
                 write_failure(folder, pair, _error_text(exc))
                 return summary_row(pair.name, None, "failed", _error_text(exc), **paths)
@@ -99,17 +129,22 @@ def batch(
         index, count = parse_shard(shard_spec)
         jobs = shard(jobs, index, count)
         probe_output_dir(out, overwrite)
-        base = options_from_cli(model, backend, device, refine, no_affine, overwrite)
+        base = open_model(options_from_cli(model, backend, device, refine, no_affine, overwrite))  # opened once
     report_warnings([f"{pairs}: {r}" for r in repeats], strict=False)
     rows: list[dict] = []
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn())
-    with stop_cleanly(), terminate_like_interrupt(), Progress(*columns, console=console) as progress:
+    with stop_cleanly(), terminate_like_interrupt(), Progress(*columns, console=console) as progress, \
+            ThreadPoolExecutor(1, thread_name_prefix="dccnn-read-ahead") as reader:
         task = progress.add_task("registering", total=len(jobs))
-        for pair in jobs:
+        options = [dataclasses.replace(base, moving_labels=str(p.moving_labels) if p.moving_labels else None,
+                                       fixed_labels=str(p.fixed_labels) if p.fixed_labels else None) for p in jobs]
+        ahead = reader.submit(read_ahead, jobs[0], out, options[0], overwrite) if jobs else None
+        for i, pair in enumerate(jobs):
             progress.update(task, description=pair.name)
-            labels = {"moving_labels": str(pair.moving_labels) if pair.moving_labels else None,
-                      "fixed_labels": str(pair.fixed_labels) if pair.fixed_labels else None}
-            rows.append(run_pair(pair, out, dataclasses.replace(base, **labels), overwrite))
+            read = ahead.result()
+            if i + 1 < len(jobs):  # the next pair's files are read while this one computes
+                ahead = reader.submit(read_ahead, jobs[i + 1], out, options[i + 1], overwrite)
+            rows.append(run_pair(pair, out, options[i], overwrite, read))
             progress.advance(task)
     if count > 1:
         write_rows(out / shard_summary_name(index, count), rows)

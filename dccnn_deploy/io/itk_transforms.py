@@ -37,10 +37,15 @@ import nibabel as nib
 import numpy as np
 import scipy.io
 
+try:  # ISA-L's zlib streams: the deflate format HDF5's gzip filter reads, compressed ~5x faster
+    from isal import isal_zlib as _zlib
+except ImportError:  # pragma: no cover - isal is a dependency; zlib keeps working without it
+    import zlib as _zlib
+
 from dccnn_deploy.io.atomic import atomic_write
 from dccnn_deploy.io.errors import InputError
 from dccnn_deploy.io.image import check_affine, voxel_spacing
-from dccnn_deploy.io.nifti import nifti_image, open_image, read_array, save_image
+from dccnn_deploy.io.nifti import GZIP_LEVEL, nifti_image, open_image, read_array, save_image
 
 INTENT_DISPVECT, INTENT_VECTOR = 1006, 1007
 _FLIP4 = np.diag([-1.0, -1.0, 1.0, 1.0])
@@ -224,6 +229,8 @@ def load_itk_affine(path: str | os.PathLike) -> np.ndarray:
 
 COMPOSITE_TYPE = "CompositeTransform_double_3_3"
 FIELD_TYPE = "DisplacementFieldTransform_float_3_3"
+#: elements per HDF5 chunk of a field's parameters (1 MiB of float32), compressed in parallel
+FIELD_CHUNK = 1 << 18
 #: One step of a composite: a 4x4 RAS fixed->moving matrix, or a field ``(disp_ras_mm, grid_affine)``.
 CompositeStep = Union[np.ndarray, tuple[np.ndarray, np.ndarray]]
 
@@ -235,17 +242,55 @@ def _itk_grid_parameters(shape: tuple[int, ...], affine: np.ndarray) -> np.ndarr
     return np.concatenate([np.asarray(shape[:3], np.float64), a[:3, 3], spacing, (a[:3, :3] / spacing).ravel()])
 
 
+def _itk_field_parameters(disp: np.ndarray) -> np.ndarray:
+    """A ``(D, H, W, 3)`` RAS field as ITK's flat LPS vectors, x fastest: the values of
+    ``_flip_ras_lps(disp).transpose(2, 1, 0, 3).ravel()``, built one component at a time (a
+    Fortran-ordered field, as the pipeline makes them, is read contiguously; ~10x faster)."""
+    out = np.empty((disp.shape[0] * disp.shape[1] * disp.shape[2], 3), dtype=np.float32)
+    for k, sign in enumerate(np.diag(_FLIP4)[:3]):
+        np.multiply(disp[..., k].ravel(order="F"), np.float32(sign), out=out[:, k])
+    return out.ravel()
+
+
 def _composite_groups(steps: Sequence[CompositeStep]) -> list[tuple[str, np.ndarray, np.ndarray]]:
     groups = []
     for step in steps:
         if isinstance(step, tuple):
             disp, affine = step
             disp = _checked_field(disp)
-            params = _flip_ras_lps(disp).transpose(2, 1, 0, 3).ravel()  # ITK order: x fastest
-            groups.append((FIELD_TYPE, params, _itk_grid_parameters(disp.shape, affine)))
+            groups.append((FIELD_TYPE, _itk_field_parameters(disp), _itk_grid_parameters(disp.shape, affine)))
         else:
             groups.append((AFFINE_TYPE, _ras_to_itk_params(step), np.zeros(3)))
     return groups
+
+
+def _shuffled_deflate(chunk: np.ndarray) -> bytes:
+    """One chunk as HDF5's shuffle then deflate filters store it: a zlib stream (ISA-L) of the
+    bytes regrouped by significance (all first bytes, then all second bytes, ...)."""
+    return _zlib.compress(chunk.view(np.uint8).reshape(-1, chunk.itemsize).T.tobytes(), GZIP_LEVEL)
+
+
+def _write_compressed(group, name: str, data: np.ndarray) -> None:
+    """A 1-D dataset with HDF5's standard shuffle + gzip filters (what ITK and h5py read), its
+    chunks compressed by ISA-L in threads (which release the GIL) and stored as they are
+    (``write_direct_chunk``): the same content as h5py's own gzip, about 5x less CPU."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from dccnn_deploy.io.writer import default_workers  # the writer imports this module
+
+    n = data.size
+    size = max(1, min(FIELD_CHUNK, n))
+    dset = group.create_dataset(name, shape=(n,), dtype=data.dtype, chunks=(size,), compression="gzip",
+                                compression_opts=GZIP_LEVEL, shuffle=True)
+
+    def chunk(start: int) -> np.ndarray:
+        part = data[start : start + size]
+        return part if part.size == size else np.concatenate([part, np.zeros(size - part.size, data.dtype)])
+
+    starts = range(0, n, size)
+    with ThreadPoolExecutor(default_workers(), thread_name_prefix="dccnn-h5") as pool:
+        for start, blob in zip(starts, pool.map(lambda s: _shuffled_deflate(chunk(s)), starts)):
+            dset.id.write_direct_chunk((start,), blob)
 
 
 def save_itk_composite(path: str | os.PathLike, steps: Sequence[CompositeStep], overwrite: bool = False) -> Path:
@@ -268,11 +313,10 @@ def save_itk_composite(path: str | os.PathLike, steps: Sequence[CompositeStep], 
             for i, (kind, params, fixed) in enumerate(groups, start=1):
                 g = root.create_group(str(i))
                 g.create_dataset("TransformType", data=[kind.encode()], dtype=text)
-                field = kind == FIELD_TYPE
-                g.create_dataset(
-                    "TransformParameters", data=params.astype(np.float32 if field else np.float64),
-                    **({"compression": "gzip", "compression_opts": 1, "shuffle": True} if field else {}),
-                )
+                if kind == FIELD_TYPE:
+                    _write_compressed(g, "TransformParameters", params.astype(np.float32))
+                else:
+                    g.create_dataset("TransformParameters", data=params.astype(np.float64))
                 g.create_dataset("TransformFixedParameters", data=fixed.astype(np.float64))
 
     return atomic_write(path, write, overwrite)

@@ -6,6 +6,17 @@ import torch
 from torch import nn
 
 
+def _cat_channels(parts: list[torch.Tensor], conv: nn.Module) -> torch.Tensor:
+    """``torch.cat(parts, dim=1)``, written straight into channels-last memory when ``conv`` is a
+    convolution with channels-last weights (CPU inference: oneDNN then needs no reorder)."""
+    weight = getattr(conv, "weight", None)  # None: a wrapper, e.g. the fp16 export's
+    if weight is None or weight.is_contiguous() or not weight.is_contiguous(memory_format=torch.channels_last_3d):
+        return torch.cat(parts, dim=1)
+    shape = (parts[0].shape[0], sum(p.shape[1] for p in parts), *parts[0].shape[2:])
+    return torch.cat(parts, dim=1, out=torch.empty(shape, dtype=parts[0].dtype, device=parts[0].device,
+                                                  memory_format=torch.channels_last_3d))
+
+
 class CNNLSTMBlock(nn.Module):
     """One cascade step at one scale.
 
@@ -23,7 +34,8 @@ class CNNLSTMBlock(nn.Module):
     def forward(
         self, warped: torch.Tensor, other: torch.Tensor, disp: torch.Tensor, c: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        f, i, g, o = torch.split(self.gates(torch.cat([warped, other, disp], dim=1)), 3, dim=1)
+        gates = self.gates(_cat_channels([warped, other, disp], self.gates)).contiguous()  # NCDHW for the gates
+        f, i, g, o = torch.split(gates, 3, dim=1)
         c_new = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
         u = torch.sigmoid(o) * torch.tanh(c_new)
         return u, c_new

@@ -109,6 +109,7 @@ class DCCNNLSTMReg(nn.Module):
         disp = memory = None
         traces: list[ScaleTrace] = []
         for level, feats in enumerate(pyramid):
+            feats = feats.contiguous()  # a channels-last U-Net (CPU inference) hands over NCDHW
             others = swap_halves(feats)  # forward rows see F_Y, inverse rows see F_X
             if disp is None:
                 disp = feats.new_zeros((2 * b, 3, *feats.shape[2:]))

@@ -16,6 +16,7 @@ unless ``overwrite``.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +26,7 @@ import numpy as np
 import torch
 
 from dccnn_deploy import __version__
-from dccnn_deploy.io import InputError, check_outputs_free
+from dccnn_deploy.io import InputError, Volume, check_outputs_free
 from dccnn_deploy.models import resolve_backend
 from dccnn_deploy.preprocess.affine import register_affine
 from dccnn_deploy.preprocess.settings import DEFAULT_GRID, DEFAULT_SPACING_MM, PreprocessSettings
@@ -49,7 +50,7 @@ Progress = Callable[[str], None]
 #: contrasts 0.49 (5 passes: DK Dice 0.407, 1 pass 0.406, at 5x the network time)
 MAPPED_MIN_AGREEMENT = 0.6
 
-__all__ = ["RegisterOptions", "Stages", "run", "register_files", "prepare_pair", "PreparedPair", "Progress"]
+__all__ = ["RegisterOptions", "Stages", "run", "register_files", "open_model", "prepare_pair", "PreparedPair", "Progress"]
 
 
 @dataclass
@@ -166,6 +167,24 @@ def _open(opts: RegisterOptions) -> Network | None:
     return open_network(opts.model, resolve_backend(opts.model, opts.backend), opts.device)
 
 
+def open_model(opts: RegisterOptions) -> RegisterOptions:
+    """``opts`` with its model file opened (an open :class:`Network`), to run many registrations
+    on one network (``dccnn batch``); the same ``opts`` when the model is already open or None."""
+    opts.check()
+    if opts.model is None or isinstance(opts.model, Network):
+        return opts
+    return dataclasses.replace(opts, model=_open(opts))
+
+
+def _source_file(image: ImageLike | None) -> str | Path | None:
+    """The file an input comes from, for the report's record: a path, or a :class:`Volume` read
+    from a file (``dccnn batch`` reads the next pair ahead); None for data in memory."""
+    if isinstance(image, (str, Path)):
+        return image
+    path = getattr(image, "path", None) if isinstance(image, Volume) else None
+    return path if path is not None and Path(path).is_file() else None
+
+
 def _labels(opts: RegisterOptions, moving, fixed):
     if opts.moving_labels is None:
         return None
@@ -184,7 +203,7 @@ def run(moving: ImageLike, fixed: ImageLike, opts: RegisterOptions | None = None
     refine_cfg = _refine_settings(opts)
     stages = Stages()
     start = time.perf_counter()
-    inputs = input_record(*(x if isinstance(x, (str, Path)) else None for x in (moving, fixed, opts.moving_labels, opts.fixed_labels)))  # before reading
+    inputs = input_record(*map(_source_file, (moving, fixed, opts.moving_labels, opts.fixed_labels)))  # before reading
 
     say("loading images")
     moving_v = stages.run("load", to_volume, moving, "image", "moving")
