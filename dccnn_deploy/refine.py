@@ -80,8 +80,9 @@ def _even_split(n: int, levels: int = 3) -> tuple[int, ...]:
 
 #: named presets (``--refine fast``); the measurements behind them are in docs/benchmarks.md
 PRESETS: dict[str, RefineSettings] = {
-    # one network pass + refine: DK Dice 0.555 vs SyN 0.511 in 0.54x SyN's time with (0, 40, 12)
-    # (donor pair, benchmarks/refine_presets.py); five passes first reach 0.562 in 0.80x
+    # one network pass + refine: DK Dice 0.554 / 0.551 vs SyN 0.512 / 0.515 in 0.48 / 0.47 of SyN's
+    # time on the held-out donor pairs (benchmarks/refine_presets.py); (0, 40, 12) after five
+    # passes reached 0.562 in 0.80x
     "fast": RefineSettings(iterations=(0, 30, 10), symmetric=False, patience=10, passes=1, name="fast"),
     "accurate": RefineSettings(iterations=(0, 80, 40), patience=15, name="accurate"),
 }
