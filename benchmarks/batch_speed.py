@@ -7,7 +7,8 @@ Builds a study of ``--pairs`` rows from the bundled 2 mm sample pair (the moving
 under a new name per row, so every row is its own pair) and runs ``dccnn batch`` on it once per
 code tree and repeat, alternating the trees (A, B, A, B, ...) so both see the same machine load;
 each run starts from an empty output folder. A tree is a checkout of this repository (e.g.
-``git archive COMMIT | tar -x -C DIR``), put first on PYTHONPATH. Prints a Markdown table:
+``git archive COMMIT | tar -x -C DIR``), put first on PYTHONPATH; give a tree twice for an
+A, B, B, A order (a load that drifts during the runs then favours neither). Prints a Markdown table:
 median wall seconds of the whole ``dccnn batch`` process, pairs per hour, and the load average.
 """
 
