@@ -116,7 +116,7 @@ def test_invert_displacement_of_a_strong_local_expansion():
     assert _folded_voxels(fwd) == 0  # a diffeomorphism (min det ~0.33 on the shell)
     interior = (slice(None), slice(None), slice(3, -3), slice(3, -3), slice(3, -3))
     assert float(inverse_residual(fwd, -fwd)[interior].max()) > 1.0
-    inv = invert_displacement(fwd)
+    inv = invert_displacement(fwd, tolerance=1e-5)  # the default stops on the mean (mostly zero here)
     assert float(inverse_residual(fwd, inv)[interior].max()) < 0.01
     assert _folded_voxels(inv) == 0
 

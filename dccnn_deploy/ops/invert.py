@@ -78,7 +78,7 @@ def newton_step(sampled: torch.Tensor, residual: torch.Tensor, min_det: float = 
 @torch.no_grad()
 def invert_displacement(
     forward: torch.Tensor, iterations: int = INVERT_ITERATIONS, init: torch.Tensor | None = None,
-    tolerance: float = 1e-4,
+    tolerance: float = 1e-3,
 ) -> torch.Tensor:
     """The displacement of ``phi^-1`` for ``phi = id + forward`` (``(B, 3, D, H, W)``, voxels).
 
