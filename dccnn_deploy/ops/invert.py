@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from dccnn_deploy.ops.jacobian import jacobian_determinant, spatial_gradient
-from dccnn_deploy.ops.warp import compose, warp_gridsample
+from dccnn_deploy.ops.warp import compose, vector_length, warp_gridsample
 
 #: Newton iterations of :func:`invert_displacement` at most (it stops earlier at ``tolerance``)
 INVERT_ITERATIONS = 12
@@ -33,7 +33,7 @@ REPAIR_ROUNDS = 10
 def inverse_residual(forward: torch.Tensor, inverse: torch.Tensor) -> torch.Tensor:
     """``|phi o phi^-1 - id|`` per voxel (voxels), ``(B, 1, D, H, W)``: how far ``inverse`` is
     from inverting ``forward`` (both ``(B, 3, D, H, W)`` voxel displacements, same grid)."""
-    return compose(forward, inverse, sampler=warp_gridsample).norm(dim=1, keepdim=True)
+    return vector_length(compose(forward, inverse, sampler=warp_gridsample))
 
 
 def _solve3(matrix: list[list[torch.Tensor]], rhs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -71,8 +71,7 @@ def newton_step(sampled: torch.Tensor, residual: torch.Tensor, min_det: float = 
     jac = [[sampled[:, 3 + 3 * r + c] + (1.0 if r == c else 0.0) for c in range(3)] for r in range(3)]
     step, det = _solve3(jac, residual)
     step = torch.where((det > min_det).unsqueeze(1), step, residual if fallback else torch.zeros_like(step))
-    norm = (step[:, 0] ** 2 + step[:, 1] ** 2 + step[:, 2] ** 2).sqrt_().unsqueeze(1)  # (norm(dim=1) is slow)
-    return step * torch.clamp(max_step / (norm + 1e-12), max=1.0)
+    return step * torch.clamp(max_step / (vector_length(step) + 1e-12), max=1.0)
 
 
 @torch.no_grad()
@@ -92,7 +91,7 @@ def invert_displacement(
     for _ in range(iterations):
         sampled = warp_gridsample(sources, w, padding="border")
         residual = w + sampled[:, :3]
-        if float(residual.norm(dim=1).mean()) < tolerance:
+        if float(vector_length(residual).mean()) < tolerance:
             break
         w = w - newton_step(sampled, residual)
     return w.to(forward.dtype)
