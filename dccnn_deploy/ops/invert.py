@@ -59,18 +59,18 @@ def field_and_gradient(u: torch.Tensor) -> torch.Tensor:
     return torch.cat([u, spatial_gradient(u).reshape(b, 9, *shape)], dim=1)
 
 
-def newton_step(sampled: torch.Tensor, residual: torch.Tensor, min_det: float = SINGULAR_DETERMINANT,
-                fallback: bool = True, max_step: float = MAX_STEP_VOXELS) -> torch.Tensor:
+def newton_step(sampled: torch.Tensor, residual: torch.Tensor, fallback: bool = True,
+                max_step: float = MAX_STEP_VOXELS) -> torch.Tensor:
     """The capped Newton step for ``d + u(y + d) = 0`` (voxels, ``(B, 3, ...)``).
 
     ``sampled``: :func:`field_and_gradient` sampled at ``y + d`` (``(B, 12, ...)``);
     ``residual``: ``d + u(y + d)``. The step solves ``(I + grad u) step = residual``, is the
     fixed-point step ``residual`` (``fallback``; else no step) where its determinant is at most
-    ``min_det``, and is at most ``max_step`` voxels long.
+    :data:`SINGULAR_DETERMINANT`, and is at most ``max_step`` voxels long.
     """
     jac = [[sampled[:, 3 + 3 * r + c] + (1.0 if r == c else 0.0) for c in range(3)] for r in range(3)]
     step, det = _solve3(jac, residual)
-    step = torch.where((det > min_det).unsqueeze(1), step, residual if fallback else torch.zeros_like(step))
+    step = torch.where((det > SINGULAR_DETERMINANT).unsqueeze(1), step, residual if fallback else torch.zeros_like(step))
     return step * torch.clamp(max_step / (vector_length(step) + 1e-12), max=1.0)
 
 
