@@ -13,38 +13,9 @@ import torch.nn.functional as F
 from dccnn_deploy.config import LossWeights
 from dccnn_deploy.model.dccnn import RegistrationOutput, ScaleTrace, pad_to_multiple, swap_halves
 from dccnn_deploy.ops.jacobian import divergence, jacobian_determinant, spatial_gradient
+from dccnn_deploy.ops.local_stats import local_ncc
 from dccnn_deploy.ops.resize import upsample_field
 from dccnn_deploy.ops.warp import compose, warp_gridsample
-
-
-def box_mean(t: torch.Tensor, window: int) -> torch.Tensor:
-    """Mean over ``window``^3 boxes clipped at the borders, as three separable 1-D passes.
-
-    The window shrinks (odd) along axes shorter than it.
-    """
-    for axis in range(3):
-        n = t.shape[2 + axis]
-        w = min(window, n if n % 2 else n - 1)
-        kernel = [1, 1, 1]
-        kernel[axis] = w
-        pad = [0, 0, 0]
-        pad[axis] = w // 2
-        t = F.avg_pool3d(t, kernel, stride=1, padding=pad, count_include_pad=False)
-    return t
-
-
-def local_ncc(a: torch.Tensor, b: torch.Tensor, window: int = 9, eps: float = 1e-5) -> torch.Tensor:
-    """Mean local normalised cross-correlation per batch row, ``(B, 1, ...)`` x2 -> ``(B,)``.
-
-    Windows are ``window``^3 boxes (clipped at borders); values lie in [-1, 1].
-    """
-    pool = lambda t: box_mean(t, window)  # noqa: E731
-    mu_a, mu_b = pool(a), pool(b)
-    cov = pool(a * b) - mu_a * mu_b
-    var_a = (pool(a * a) - mu_a**2).clamp(min=0)
-    var_b = (pool(b * b) - mu_b**2).clamp(min=0)
-    ncc = cov / torch.sqrt(var_a * var_b + eps)
-    return ncc.flatten(1).mean(dim=1)
 
 
 def _paths_mean(per_row: torch.Tensor) -> torch.Tensor:

@@ -42,7 +42,7 @@ from pathlib import Path
 work = Path(sys.argv[1]).resolve()
 report = json.loads((work / "demo" / "report.json").read_text())
 assert report["model"] and str(work / "venv") in report["model"]["path"], report["model"]
-assert (work / "demo" / "fwd_transform.h5").is_file() and (work / "demo" / "qc.png").is_file()
+assert (work / "demo" / "inv_warp.nii.gz").is_file() and (work / "demo" / "qc.png").is_file()
 print(f"demo ok: NCC {report['similarity']['after_affine']['ncc']:.3f} -> {report['similarity']['after']['ncc']:.3f} "
       f"with {Path(report['model']['path']).name} from the wheel")
 PY

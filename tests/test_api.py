@@ -15,7 +15,7 @@ import dccnn_deploy as dd
 from dccnn_deploy.io import InputError, OutputExistsError
 from dccnn_deploy.metrics import dice, mean_of
 from dccnn_deploy.registration import RegisterOptions, register_files
-from dccnn_deploy.registration.outputs import OUTPUT_FILES, select_outputs
+from dccnn_deploy.registration.outputs import OUTPUT_FILES, OUTPUTS, select_outputs
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -30,7 +30,7 @@ def result(study):
 @pytest.fixture(scope="module")
 def saved(result, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("api") / "out"
-    result.save(out)
+    result.save(out, outputs="all")
     return out
 
 
@@ -87,6 +87,11 @@ def test_output_selection_and_fail_fast(study, result, tmp_path, monkeypatch):
     assert sorted(p.name for p in out.iterdir()) == ["fwd_warp.nii.gz", "moved.nii.gz", "report.json"]
     with pytest.raises(OutputExistsError):
         result.save(out, outputs=["moved"])
+    assert select_outputs(None, labels=False) == select_outputs("default", labels=False) == (
+        "moved", "fwd_warp", "inv_warp", "affine", "qc", "report")
+    assert select_outputs("default,jacobian", labels=True) == (
+        "moved", "fwd_warp", "jacobian", "moved_labels", "inv_warp", "affine", "qc", "report")
+    assert select_outputs("all", labels=False) == tuple(n for n in OUTPUTS if n != "moved_labels")
     with pytest.raises(InputError, match="unknown output 'warp'"):
         select_outputs("moved,warp", labels=False)
     with pytest.raises(InputError, match="label maps"):
@@ -228,7 +233,7 @@ def test_readme_api_example_runs_as_written(tmp_path, monkeypatch):
     exec(compile(_readme_api_example(), "README.md", "exec"), namespace)
     result = namespace["result"]
     assert isinstance(result, dd.RegistrationResult)
-    assert (tmp_path / "out" / "report.json").is_file() and (tmp_path / "out" / "fwd_transform.h5").is_file()
+    assert (tmp_path / "out" / "report.json").is_file() and (tmp_path / "out" / "inv_warp.nii.gz").is_file()
     sim = result.metrics["similarity"]
     assert sim["after"]["ncc"] > sim["after_affine"]["ncc"]
 

@@ -13,11 +13,11 @@ from dccnn_deploy.losses import (
     control_increment_loss,
     cycle_loss,
     jacobian_loss,
-    local_ncc,
     similarity_loss,
     smoothness_loss,
 )
 from dccnn_deploy.model.dccnn import ScaleTrace
+from dccnn_deploy.ops.local_stats import local_ncc
 
 
 def test_local_ncc_known_values():

@@ -6,14 +6,12 @@ import pytest
 import torch
 
 from conftest import blob
-from dccnn_deploy.losses import box_mean as pool_box_mean, local_ncc
 from dccnn_deploy.metrics import inverse_consistency
 from dccnn_deploy.ops.integrate import exp_velocity
 from dccnn_deploy.ops.invert import invert_displacement, inverse_residual, make_inverse_consistent
 from dccnn_deploy.refine import PRESETS, RefineSettings, _converged, refine, refine_settings
-from dccnn_deploy.similarity import (
-    box_mean, choose_similarity, contrast_agreement, local_ncc_map, make_similarity, mind_ssc,
-)
+from dccnn_deploy.ops.local_stats import box_mean, local_ncc, local_ncc_map
+from dccnn_deploy.similarity import choose_similarity, contrast_agreement, make_similarity, mind_ssc
 
 
 def _textured(shape=(20, 24, 18), seed=0) -> torch.Tensor:
@@ -32,11 +30,14 @@ def _smooth_field(shape, amplitude: float, seed: int = 0) -> torch.Tensor:
 
 
 def test_box_mean_matches_pooling():
+    """The cumulative-sum box filter equals average pooling over the in-volume voxels."""
     x = torch.rand(2, 3, 9, 12, 7)
-    assert torch.allclose(box_mean(x, 5), pool_box_mean(x, 5), atol=1e-5)
+    pooled = torch.nn.functional.avg_pool3d(x, 5, stride=1, padding=2, count_include_pad=False)
+    assert torch.allclose(box_mean(x, 5), pooled, atol=1e-5)
+    assert torch.allclose(box_mean(x, 99), x.mean(dim=(2, 3, 4), keepdim=True).expand_as(x), atol=1e-5)
 
 
-def test_local_ncc_map_matches_losses():
+def test_local_ncc_is_the_mean_of_the_map():
     a, b = torch.rand(1, 1, 12, 14, 10), torch.rand(1, 1, 12, 14, 10)
     b = 0.5 * a + 0.5 * b
     assert float(local_ncc_map(a, b, 5).mean()) == pytest.approx(float(local_ncc(a, b, 5)), abs=1e-5)

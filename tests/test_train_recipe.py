@@ -16,7 +16,8 @@ from dccnn_deploy.losses import DCCNNLoss, label_dice_loss, similarity_loss, sof
 from dccnn_deploy.model import DCCNNLSTMReg
 from dccnn_deploy.train import AugmentConfig, SynthConfig, train
 from dccnn_deploy.train.data import Pair, build_sampler, image_subjects, loss_labels
-from dccnn_deploy.train.loop import read_log
+from dccnn_deploy.train import distributed
+from dccnn_deploy.train.loop import _Run, read_log
 from dccnn_deploy.train.synth import HEAD_LABELS, add_head, outside_distance, random_shapes
 
 from tests.test_train import TINY, tiny_config, write_subjects
@@ -146,3 +147,25 @@ def test_warm_start_logs_step0_validation(data_dir, tmp_path):
     trained = read_checkpoint(tmp_path / "run" / "last.pt")["state_dict"]
     for name, value in net.state_dict().items():
         assert torch.allclose(trained[name], value, atol=1e-6), name
+
+
+def test_cascade_steps_train_on_the_second_pass_input(data_dir, tmp_path):
+    with pytest.raises(ValueError, match="cascade_prob"):
+        tiny_config(data_dir, cascade_prob=1.5)
+    net = DCCNNLSTMReg(TINY)
+    for p in net.parameters():  # a network that moves things, so the second-pass input differs
+        torch.nn.init.normal_(p, std=0.05)
+    init = save_checkpoint(tmp_path / "init.pt", net, {})
+    cfg = tiny_config(data_dir, iterations=2, init=str(init), cascade_prob=1.0)
+    result = train(cfg, tmp_path / "run", progress=False)
+    assert all(r["pairs"].endswith("(2nd pass)") for r in result.history)
+    run = _Run(cfg, tmp_path / "probe", distributed.setup("cpu"))
+    run.warm_start(init)
+    batch = run.sampler.labelled_batch(1)
+    moved, onehots = run.second_pass_input(batch.moving, batch.fixed, batch.onehots)
+    assert moved.shape == batch.moving.shape and not torch.allclose(moved, batch.moving)
+    if batch.onehots is not None:
+        assert torch.equal(onehots[1], batch.onehots[1]) and not torch.allclose(onehots[0], batch.onehots[0])
+    assert all(run.cascades(s) for s in range(1, 6))
+    run.config = replace(cfg, cascade_prob=0.0)
+    assert not any(run.cascades(s) for s in range(1, 6))

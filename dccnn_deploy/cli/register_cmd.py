@@ -115,7 +115,7 @@ def register(
     grid: Optional[str] = typer.Option(None, help="Model grid D,H,W without a model (default 80,96,112)."),
     spacing: Optional[float] = typer.Option(None, help="Model grid spacing in mm without a model (default 2)."),
     outputs: Optional[str] = typer.Option(
-        None, help="Comma list of outputs to write (default: all), e.g. moved,fwd_warp,report; see the README."
+        None, help="Comma list of outputs to write: default (moved, fwd_warp, inv_warp, affine, qc, report; moved_labels with labels), all, or names, e.g. default,jacobian,fwd_transform; see the README."
     ),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing outputs."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Print nothing but errors."),

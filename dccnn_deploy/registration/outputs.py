@@ -58,24 +58,34 @@ OUTPUTS: dict[str, tuple[str, ...]] = {
     "report": ("report.json",),
 }
 LABEL_OUTPUT = "moved_labels.nii.gz"
+#: what is written when no selection is given (``moved_labels`` is added with label maps): the
+#: moved image, both warps (affine included), the affine, the QC picture and the report. The
+#: other outputs repeat what these hold in other forms and cost about as much again at 1 mm
+#: (``"all"`` selects them too).
+DEFAULT_OUTPUTS: tuple[str, ...] = ("moved", "fwd_warp", "moved_labels", "inv_warp", "affine", "qc", "report")
 #: every file of a registration without label maps (``moved_labels.nii.gz`` is added with them)
 OUTPUT_FILES: tuple[str, ...] = tuple(f for name, files in OUTPUTS.items() if name != "moved_labels" for f in files)
+#: the files written by default without label maps
+DEFAULT_FILES: tuple[str, ...] = tuple(f for name in DEFAULT_OUTPUTS if name != "moved_labels" for f in OUTPUTS[name])
 _BY_FILE = {f: name for name, files in OUTPUTS.items() for f in files}
 
 
 def select_outputs(requested: str | Iterable[str] | None, labels: bool) -> tuple[str, ...]:
-    """Output names to write: ``None`` = all (``moved_labels`` only with labels); else a comma
-    list or iterable of names or file names. Unknown names raise a one-line :class:`InputError`."""
-    if requested is None:
-        return tuple(n for n in OUTPUTS if labels or n != "moved_labels")
-    items = requested.split(",") if isinstance(requested, str) else list(requested)
+    """Output names to write, in :data:`OUTPUTS` order: ``None`` = :data:`DEFAULT_OUTPUTS`;
+    else a comma list or iterable of names, file names, ``default`` or ``all``
+    (``moved_labels`` only with labels). Unknown names raise a one-line :class:`InputError`."""
+    items = ["default"] if requested is None else (requested.split(",") if isinstance(requested, str) else list(requested))
     chosen = set()
     for item in (str(i).strip() for i in items):
+        if item in ("default", "all"):
+            chosen.update(n for n in (DEFAULT_OUTPUTS if item == "default" else OUTPUTS)
+                          if labels or n != "moved_labels")
+            continue
         if not item:
             continue
         name = item if item in OUTPUTS else _BY_FILE.get(item)
         if name is None:
-            raise InputError(f"--outputs: unknown output {item!r}; choose from {', '.join(OUTPUTS)}")
+            raise InputError(f"--outputs: unknown output {item!r}; choose from default, all, {', '.join(OUTPUTS)}")
         if name == "moved_labels" and not labels:
             raise InputError("--outputs: moved_labels needs label maps (--moving-labels and --fixed-labels)")
         chosen.add(name)
@@ -141,5 +151,5 @@ def write_outputs(result: "RegistrationResult", staged: StagedOutputs, names: It
         WRITERS["report"](result, staged, writer)
 
 
-__all__ = ["OUTPUTS", "OUTPUT_FILES", "LABEL_OUTPUT", "StagedOutputs", "select_outputs", "output_files",
+__all__ = ["OUTPUTS", "OUTPUT_FILES", "DEFAULT_OUTPUTS", "DEFAULT_FILES", "LABEL_OUTPUT", "StagedOutputs", "select_outputs", "output_files",
            "write_outputs", "write_json", "OutputExistsError"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from dccnn_deploy.losses import local_ncc
+from dccnn_deploy.ops.local_stats import local_ncc
 from dccnn_deploy.metrics import dice, folding_percent, hd95, inverse_consistency, mean_of, ncc, ssim
 
 

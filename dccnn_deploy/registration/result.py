@@ -183,10 +183,10 @@ class RegistrationResult:
 
     # ------------------------------------------------------------------ writing
     def save(self, out_dir: str | Path, overwrite: bool = False, outputs: str | Iterable[str] | None = None) -> list[Path]:
-        """Write the outputs (default: all of ``dccnn register``'s files) into ``out_dir``.
+        """Write the outputs (default: those of ``dccnn register``) into ``out_dir``.
 
         ``outputs``: names or file names (see :mod:`dccnn_deploy.registration.outputs`), e.g.
-        ``["moved", "fwd_warp", "report"]``. Files are written to a staging folder and moved into
+        ``["moved", "fwd_warp", "report"]``, ``"default"`` or ``"all"``. Files are written to a staging folder and moved into
         place only when all succeeded; existing files are refused unless ``overwrite``
         (:class:`~dccnn_deploy.io.OutputExistsError`, raised before anything is written).
         Returns the written paths.

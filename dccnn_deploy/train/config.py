@@ -183,6 +183,10 @@ class TrainConfig:
     spacing: cheaper steps with the deployment's voxel size; validation uses the whole grid.
     ``init``: a checkpoint whose weights start a new run (warm start; ignored on resume).
     ``packed``: a training pack (:mod:`~dccnn_deploy.train.pack`) read instead of the data files.
+    ``cascade_prob``: share of steps trained on the second pass of a test-time cascade (the
+    moving image, and its labels, first pulled through the current network's own forward field
+    without gradients), so that the network also learns the small residual motions that the
+    inference passes after the first one see (0: every step on the raw pair, as the paper).
     Steps are counted from 1; validation runs every ``val_every`` steps and ``last.pt`` is
     written every ``checkpoint_every`` steps (and both at the last step)."""
 
@@ -201,6 +205,7 @@ class TrainConfig:
     threads: int = 0
     init: str = ""
     packed: str = ""
+    cascade_prob: float = 0.0
     data: DataConfig = field(default_factory=DataConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     synth: SynthConfig = field(default_factory=SynthConfig)
@@ -220,6 +225,8 @@ class TrainConfig:
             raise ValueError("batch_size, val_every, checkpoint_every must be >= 1 and iterations >= 0")
         if self.amp not in ("bf16", "fp16", "off"):
             raise ValueError(f"amp must be 'bf16', 'fp16' or 'off', got {self.amp!r}")
+        if not 0.0 <= self.cascade_prob <= 1.0:
+            raise ValueError(f"cascade_prob must be in [0, 1], got {self.cascade_prob}")
 
     @property
     def uses_real(self) -> bool:

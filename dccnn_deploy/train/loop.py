@@ -264,6 +264,22 @@ class _Run:
             best_score=self.best,
         )
 
+    def cascades(self, step: int) -> bool:
+        """Whether ``step`` trains on a cascade's second pass (a function of seed, rank and step)."""
+        p = self.config.cascade_prob
+        return p > 0 and np.random.default_rng([self.config.seed, self.info.rank, step, 0xCA5]).random() < p
+
+    def second_pass_input(self, moving: torch.Tensor, fixed: torch.Tensor,
+                          onehots: tuple[torch.Tensor, torch.Tensor] | None):
+        """The moving image (and its one-hot labels) pulled through the current network's forward
+        field, without gradients: the input of an inference pass after the first."""
+        with torch.no_grad(), _autocast(self.device, self.config.amp):
+            fwd = self.net(moving, fixed).forward.float()
+        moving = warp_gridsample(moving, fwd, padding="zeros")
+        if onehots is not None:
+            onehots = (warp_gridsample(onehots[0], fwd, padding="zeros"), onehots[1])
+        return moving, onehots
+
     def train_step(self, model: torch.nn.Module, prefetch: "BatchPrefetcher | None" = None) -> dict[str, Any]:
         """One optimizer step on this rank's batch; returns the log row (losses averaged over ranks)."""
         start = time.perf_counter()
@@ -271,6 +287,9 @@ class _Run:
         batch = prefetch.get(self.step) if prefetch is not None else self.sampler.labelled_batch(self.step)
         moving, fixed, names = batch.moving.to(self.device), batch.fixed.to(self.device), batch.names
         onehots = None if batch.onehots is None else tuple(t.to(self.device) for t in batch.onehots)
+        if self.cascades(self.step):
+            moving, onehots = self.second_pass_input(moving, fixed, onehots)
+            names = [f"{n} (2nd pass)" for n in names]
         with _autocast(self.device, self.config.amp):
             out = model(moving, fixed, trace=True)
         total, terms = self.loss(_as_float(out), moving, fixed, onehots, batch.same_contrast.to(self.device))
