@@ -1,7 +1,7 @@
 """Real-brain registration benchmark: dccnn register vs ANTs (antspyx) Affine and SyN.
 
 usage: python benchmarks/register_real.py [--brains DIR] [--work DIR] [--refine N[,M...]] [--cases a,b]
-       [--model CKPT] [--no-ants]
+       [--model CKPT] [--no-ants] [--register-args "--precision fp32"] [--tag NAME]
 
 Cases (from ../shared/data/fetch_brains.sh):
 * ``icbm_synth{1,2}``: ICBM 2009c T1 brain and its CerebrA labels moved by a known random rigid
@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -177,10 +178,10 @@ def real_cases(brains: Path, work: Path) -> list[dict]:
     ]
 
 
-def run_ours(case: dict, out: Path, refine: int | str, model: str | None) -> dict:
+def run_ours(case: dict, out: Path, refine: int | str, model: str | None, extra: tuple[str, ...] = ()) -> dict:
     cmd = [sys.executable, "-m", "dccnn_deploy.cli.app", "register", str(case["moving"]), str(case["fixed"]),
            "-o", str(out), "--overwrite", "--refine", str(refine),
-           "--moving-labels", str(case["moving_labels"]), "--fixed-labels", str(case["fixed_labels"])]
+           "--moving-labels", str(case["moving_labels"]), "--fixed-labels", str(case["fixed_labels"]), *extra]
     if model:
         cmd += ["--model", model]
     wall, rss, _ = _timed(cmd)
@@ -226,7 +227,10 @@ def main() -> None:
     ap.add_argument("--cases", default="icbm_synth1,icbm_synth2,robex_icbm,colin_icbm")
     ap.add_argument("--no-ants", action="store_true")
     ap.add_argument("--fresh-ants", action="store_true")
+    ap.add_argument("--register-args", default="", help='more `dccnn register` options, e.g. "--precision fp32"')
+    ap.add_argument("--tag", default="", help="suffix of our output folders (runs with other options side by side)")
     args = ap.parse_args()
+    extra = tuple(shlex.split(args.register_args))
     wanted = args.cases.split(",")
     cases = [make_synthetic_case(args.brains, args.work, s) for s in (1, 2) if f"icbm_synth{s}" in wanted]
     cases += [c for c in real_cases(args.brains, args.work) if c["name"] in wanted]
@@ -239,7 +243,7 @@ def main() -> None:
             ants_aff = run_ants(case, args.work / case["name"], "Affine", args.fresh_ants)
             ants_syn = run_ants(case, args.work / case["name"], "SyN", args.fresh_ants)
         for refine in refines:
-            ours = run_ours(case, args.work / case["name"] / f"dccnn_r{refine}", refine, args.model)
+            ours = run_ours(case, args.work / case["name"] / f"dccnn_r{refine}{args.tag}", refine, args.model, extra)
             rows.append((case, refine, ours, ants_aff, ants_syn))
             print(json.dumps({"case": case["name"], "refine": refine, "ours": ours, "ants_affine": ants_aff,
                               "ants_syn": ants_syn}), flush=True)

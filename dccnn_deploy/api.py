@@ -20,15 +20,17 @@ from dccnn_deploy.registration.result import RegistrationResult
 from dccnn_deploy.runtime.loading import Network, open_network
 
 
-def open_model(model: str | os.PathLike | None = None, backend: str | None = None, device: str = "cpu") -> Network:
+def open_model(model: str | os.PathLike | None = None, backend: str | None = None, device: str = "cpu",
+               precision: str = "auto") -> Network:
     """Open a model once to register many pairs: ``register(m, f, model=open_model())``.
 
-    ``model`` None: the shipped default; ``backend`` None: from the file's kind.
+    ``model`` None: the shipped default; ``backend`` None: from the file's kind; ``precision``
+    as in :func:`register`.
     """
     path = resolve_model(model)
     if path is None:
         raise InputError("no model: none ships with this install; pass a .pt, .onnx or .engine path")
-    return open_network(path, resolve_backend(path, backend), device)
+    return open_network(path, resolve_backend(path, backend), device, precision)
 
 
 def register(
@@ -41,6 +43,7 @@ def register(
     passes: int | None = None,
     backend: str | None = None,
     device: str = "cpu",
+    precision: str = "auto",
     affine: bool = True,
     moving_labels: ImageLike | None = None,
     fixed_labels: ImageLike | None = None,
@@ -63,7 +66,9 @@ def register(
     * ``passes``: network passes (None: the model's recommendation, one pass when the contrasts
       differ);
     * ``backend``: ``torch``/``onnxruntime``/``tensorrt``; ``None``: from the model file's kind;
-    * ``device``: ``cpu`` or ``cuda``; ``affine``: False to skip pre-alignment;
+    * ``device``: ``cpu`` or ``cuda``; ``precision``: the torch network's arithmetic
+      (``auto``: bfloat16 convolutions on CPUs with native bfloat16, ``fp32``, ``bf16``);
+      ``affine``: False to skip pre-alignment;
     * ``moving_labels``/``fixed_labels``: label maps (both or neither): ``moved_labels`` and
       Dice/HD95 in ``metrics``;
     * ``grid_shape``/``spacing_mm``: the model grid when there is no network;
@@ -84,7 +89,7 @@ def register(
     """
     opts = RegisterOptions(
         model=model if isinstance(model, Network) else resolve_model(model),
-        backend=backend, device=device, refine=refine, similarity=similarity, passes=passes, affine=affine,
+        backend=backend, device=device, precision=precision, refine=refine, similarity=similarity, passes=passes, affine=affine,
         moving_labels=moving_labels, fixed_labels=fixed_labels,
         grid_shape=tuple(grid_shape), spacing_mm=float(spacing_mm),
     )

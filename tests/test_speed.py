@@ -23,7 +23,8 @@ from dccnn_deploy.ops.smoothing import gaussian_smooth
 from dccnn_deploy.ops.warp import compose, warp
 from dccnn_deploy.model import DCCNNLSTMReg
 from dccnn_deploy.preprocess.grid import Grid, model_grid
-from dccnn_deploy.runtime.backends import TorchBackend, _transposed_as_conv, cpu_inference_model
+from dccnn_deploy.runtime import backends as backends_module
+from dccnn_deploy.runtime.backends import TorchBackend, _transposed_as_conv, cpu_inference_model, uses_bf16
 from dccnn_deploy.transform import Registration, map_jacobian, sample_at, world_displacement
 from conftest import SMALL
 from phantoms import grid_points, lia_affine, rotation
@@ -275,8 +276,8 @@ def test_cpu_tuned_torch_backend_matches_the_plain_model():
     before = {k: v.clone() for k, v in model.state_dict().items()}
     rng = np.random.default_rng(0)
     moving, fixed = (rng.random((20, 24, 16), dtype=np.float32) for _ in range(2))
-    plain = TorchBackend(model, cpu_tuned=False).run(moving, fixed)
-    backend = TorchBackend(model)
+    plain = TorchBackend(model, cpu_tuned=False, precision="fp32").run(moving, fixed)
+    backend = TorchBackend(model, precision="fp32")
     tuned = backend.run(moving, fixed)
     assert max(float(np.abs(a).max()) for a in plain) > 0.3
     assert max(float(np.abs(a - b).max()) for a, b in zip(tuned, plain)) < 1e-4
@@ -285,6 +286,32 @@ def test_cpu_tuned_torch_backend_matches_the_plain_model():
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
     assert any(isinstance(m, torch.nn.ConvTranspose3d) for m in model.modules())
     assert cpu_inference_model(model) is not model
+
+
+def test_bf16_precision_stays_close_to_float32(monkeypatch):
+    """bfloat16 autocast of the convolutions: the same fields within a tenth of a voxel here;
+    ``auto`` takes it only on CPUs with native bfloat16; bad names are refused."""
+    torch.manual_seed(0)
+    model = DCCNNLSTMReg(SMALL).eval()
+    with torch.no_grad():
+        for blocks in model.blocks:
+            for block in blocks:
+                block.gates.weight.mul_(30.0)
+    rng = np.random.default_rng(0)
+    moving, fixed = (rng.random((20, 24, 16), dtype=np.float32) for _ in range(2))
+    exact = TorchBackend(model, precision="fp32")
+    half = TorchBackend(model, precision="bf16")
+    assert (exact.name, half.name) == ("torch-cpu", "torch-cpu-bf16")
+    ref, approx = exact.run(moving, fixed), half.run(moving, fixed)
+    assert max(float(np.abs(a).max()) for a in ref) > 0.3
+    diff = max(float(np.abs(a - b).max()) for a, b in zip(approx, ref))
+    assert 0 < diff < 0.1  # real model, real pair: 0.019 voxel at most (docs/benchmarks.md)
+    monkeypatch.setattr(backends_module, "cpu_has_native_bf16", lambda: False)
+    assert not uses_bf16("auto", "cpu") and uses_bf16("bf16", "cpu") and not uses_bf16("fp32", "cpu")
+    monkeypatch.setattr(backends_module, "cpu_has_native_bf16", lambda: True)
+    assert uses_bf16("auto", "cpu") and not uses_bf16("auto", "cuda")
+    with pytest.raises(ValueError, match="precision"):
+        uses_bf16("fp16", "cpu")
 
 
 def test_batch_opens_the_model_once_reads_ahead_and_matches_single_registrations(study, tmp_path, monkeypatch):

@@ -113,6 +113,9 @@ def batch(
     model: Optional[Path] = typer.Option(None, "--model", help="Checkpoint; default: the shipped model."),
     backend: Optional[str] = typer.Option(None, help="torch | onnxruntime | tensorrt (default: from the model file)."),
     device: str = typer.Option("cpu", help="cpu | cuda."),
+    precision: str = typer.Option(
+        "auto", help="Torch network arithmetic: auto (bfloat16 convolutions on CPUs with native bfloat16), fp32, bf16."
+    ),
     refine: int = typer.Option(0, help="Instance-optimisation iterations per pair."),
     no_affine: bool = typer.Option(False, "--no-affine", help="Skip affine pre-alignment (already aligned)."),
     shard_spec: Optional[str] = typer.Option(None, "--shard", help="i/n: this job's share of the pairs."),
@@ -129,7 +132,8 @@ def batch(
         index, count = parse_shard(shard_spec)
         jobs = shard(jobs, index, count)
         probe_output_dir(out, overwrite)
-        base = open_model(options_from_cli(model, backend, device, refine, no_affine, overwrite))  # opened once
+        base = open_model(options_from_cli(model, backend, device, refine, no_affine, overwrite,
+                                           precision=precision))  # opened once
     report_warnings([f"{pairs}: {r}" for r in repeats], strict=False)
     rows: list[dict] = []
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn())

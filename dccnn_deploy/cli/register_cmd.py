@@ -22,7 +22,7 @@ def options_from_cli(
     model: Optional[Path], backend: Optional[str], device: str, refine: int | str, no_affine: bool, overwrite: bool,
     moving_labels: Optional[Path] = None, fixed_labels: Optional[Path] = None,
     grid: Optional[str] = None, spacing: Optional[float] = None, outputs: Optional[str] = None,
-    similarity: str = "auto", passes: Optional[int] = None,
+    similarity: str = "auto", passes: Optional[int] = None, precision: str = "auto",
 ) -> "RegisterOptions":
     """RegisterOptions from the command line; the model is resolved as the API does (the shipped
     default when ``--model`` is not given, none with ``--model none``). Checked at once."""
@@ -44,7 +44,7 @@ def options_from_cli(
         extra["spacing_mm"] = float(spacing)
     opts = RegisterOptions(
         model=resolve_model(str(model) if model is not None else None), backend=backend, device=device,
-        refine=refine, similarity=similarity, passes=passes, affine=not no_affine, overwrite=overwrite,
+        precision=precision, refine=refine, similarity=similarity, passes=passes, affine=not no_affine, overwrite=overwrite,
         moving_labels=str(moving_labels) if moving_labels else None,
         fixed_labels=str(fixed_labels) if fixed_labels else None,
         outputs=outputs, **extra,
@@ -102,6 +102,9 @@ def register(
     ),
     backend: Optional[str] = typer.Option(None, help="torch | onnxruntime | tensorrt (default: from the model file)."),
     device: str = typer.Option("cpu", help="cpu | cuda."),
+    precision: str = typer.Option(
+        "auto", help="Torch network arithmetic: auto (bfloat16 convolutions on CPUs with native bfloat16), fp32, bf16."
+    ),
     refine: str = typer.Option(
         "0", help="Instance optimisation after the network: a preset (fast: 1 network pass + refine; accurate) or an iteration count (0: none)."
     ),
@@ -126,7 +129,7 @@ def register(
     with user_errors():
         opts = options_from_cli(
             model, backend, device, refine, no_affine, overwrite, moving_labels, fixed_labels, grid, spacing, outputs,
-            similarity, passes,
+            similarity, passes, precision,
         )
         with claimed_output(out, overwrite):
             report = run_and_report(moving, fixed, out, opts, quiet, as_json)

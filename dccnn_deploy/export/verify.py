@@ -83,5 +83,5 @@ def verify_onnx(
     ``model`` runs with its current sampler; inputs are ``(D, H, W)`` float32 on the export grid.
     """
     return compare_backends(
-        TorchBackend(model, "cpu"), OnnxRuntimeBackend(onnx_path, device), moving, fixed, repeats
+        TorchBackend(model, "cpu", precision="fp32"), OnnxRuntimeBackend(onnx_path, device), moving, fixed, repeats
     )

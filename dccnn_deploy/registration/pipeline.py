@@ -36,6 +36,7 @@ from dccnn_deploy.registration.prepare import PreparedPair, prepare_pair
 from dccnn_deploy.registration.result import RegistrationResult
 from dccnn_deploy.registration.sanity_affine import overlap_warnings, similarity_warnings
 from dccnn_deploy.ops.invert import make_inverse_consistent
+from dccnn_deploy.runtime.backends import PRECISIONS
 from dccnn_deploy.runtime.passes import run_passes
 from dccnn_deploy.runtime.loading import Network, open_network
 from dccnn_deploy.registration.provenance import input_record, options_record
@@ -59,13 +60,16 @@ class RegisterOptions:
 
     ``model``: a resolved model file (see :func:`dccnn_deploy.models.resolve_model`), an open
     :class:`~dccnn_deploy.runtime.loading.Network`, or None for no network (``refine`` from the
-    identity). ``backend`` None: chosen from the model file's kind. ``outputs``: what
-    :func:`register_files` writes (None: every file).
+    identity). ``backend`` None: chosen from the model file's kind. ``precision``: the torch
+    network's arithmetic (``auto``: bfloat16 convolutions on CPUs with native bfloat16, see
+    :data:`~dccnn_deploy.runtime.backends.PRECISIONS`). ``outputs``: what
+    :func:`register_files` writes (None: the default outputs).
     """
 
     model: str | Network | None = None
     backend: str | None = None
     device: str = "cpu"
+    precision: str = "auto"
     refine: int | str = 0
     similarity: str = "auto"
     passes: int | None = None
@@ -81,6 +85,8 @@ class RegisterOptions:
         """One-line :class:`InputError` for contradictory options (before any work)."""
         if self.model is None and _refine_settings(self).total_iterations == 0:
             raise InputError("no model: none ships with this install; pass --model CHECKPOINT (model= in Python) or --refine N")
+        if self.precision not in PRECISIONS:
+            raise InputError(f"--precision {self.precision!r}: choose one of {', '.join(PRECISIONS)}")
         if self.passes is not None and self.passes < 1:
             raise InputError(f"--passes {self.passes}: must be >= 1")
         if (self.moving_labels is None) != (self.fixed_labels is None):
@@ -164,7 +170,7 @@ def _refine_settings(opts: RegisterOptions):
 def _open(opts: RegisterOptions) -> Network | None:
     if opts.model is None or isinstance(opts.model, Network):
         return opts.model
-    return open_network(opts.model, resolve_backend(opts.model, opts.backend), opts.device)
+    return open_network(opts.model, resolve_backend(opts.model, opts.backend), opts.device, opts.precision)
 
 
 def open_model(opts: RegisterOptions) -> RegisterOptions:

@@ -35,11 +35,14 @@ def input_record(moving, fixed, moving_labels=None, fixed_labels=None) -> dict:
 def options_record(opts: Any) -> dict:
     """The options that change a registration's result (``RegisterOptions`` fields, not
     ``overwrite`` or the label paths, which are inputs); the model as a :func:`file_record`."""
-    return _plain({
+    record = {
         "model": file_record(getattr(opts.model, "path", opts.model)), "backend": opts.backend,
         "device": opts.device, "refine": opts.refine, "affine": opts.affine,
         "grid_shape": list(opts.grid_shape), "spacing_mm": float(opts.spacing_mm),
-    })
+    }
+    if opts.precision != "auto":  # recorded only when chosen, so earlier studies still match
+        record["precision"] = opts.precision
+    return _plain(record)
 
 
 def _plain(value: Any) -> Any:

@@ -14,7 +14,7 @@ from dccnn_deploy.checkpoint import file_sha256, load_model
 from dccnn_deploy.preprocess.settings import PreprocessSettings
 from dccnn_deploy.io import InputError
 from dccnn_deploy.runtime.backends import (
-    INPUT_NAMES, OUTPUT_NAMES, Backend, OnnxRuntimeBackend, TensorRTBackend, TorchBackend,
+    INPUT_NAMES, OUTPUT_NAMES, PRECISIONS, Backend, OnnxRuntimeBackend, TensorRTBackend, TorchBackend,
 )
 
 #: which backend each file kind runs on
@@ -53,9 +53,15 @@ def check_onnx_contract(session, path: Path) -> None:
                 raise InputError.at(path, f"not a dccnn export: {kind[:-1]} {name!r} has rank {rank}, expected 5 (N,C,D,H,W)")
 
 
-def open_network(path: str | Path, backend: str = "torch", device: str = "cpu") -> Network:
-    """The network in ``path`` on ``backend`` (the file kind must suit the backend)."""
+def open_network(path: str | Path, backend: str = "torch", device: str = "cpu", precision: str = "auto") -> Network:
+    """The network in ``path`` on ``backend`` (the file kind must suit the backend);
+    ``precision``: see :data:`~dccnn_deploy.runtime.backends.PRECISIONS` (``bf16`` only with
+    the torch backend; exported graphs and engines keep the precision they were built with)."""
     p = Path(path)
+    if precision not in PRECISIONS:
+        raise InputError(f"--precision {precision!r}: choose one of {', '.join(PRECISIONS)}")
+    if precision == "bf16" and backend != "torch":
+        raise InputError.at(p, f"--precision bf16 needs the torch backend (this is {backend})")
     kind = p.suffix.lower()
     if kind not in KIND_BACKENDS:
         raise InputError.at(p, f"unknown model file type {kind!r} (.pt checkpoint, .onnx or .engine)")
@@ -67,7 +73,7 @@ def open_network(path: str | Path, backend: str = "torch", device: str = "cpu") 
         raise InputError.at(p, "model file not found")
     if kind == ".pt":
         bundle = load_model(p)
-        return Network(TorchBackend(bundle.model, device), bundle.settings, str(p), bundle.sha256)
+        return Network(TorchBackend(bundle.model, device, precision=precision), bundle.settings, str(p), bundle.sha256)
     if kind == ".onnx":
         try:
             ort_backend = OnnxRuntimeBackend(p, device)
