@@ -14,7 +14,8 @@ Cases (from ../shared/data/fetch_brains.sh):
   random intensity per label shared by the pair, white matter filled in, texture, blur):
   Dice of the 82 cortical/subcortical labels. Suffixes change the content (issue 15):
   ``+mhead`` / ``+fhead`` paint CSF, skull and scalp around the moving / fixed brain (a head with
-  skull), ``+contrast`` paints the fixed image with its own random contrast (e.g. T2 -> T1).
+  skull), ``+contrast`` paints the fixed image with its own random contrast (e.g. T2 -> T1),
+  ``+invert`` inverts the moving image's intensities inside the brain (a T2-like image).
 * ``colinhead_icbm`` / ``icbmhead_colin``: a real head with skull (Colin27 / ICBM 2009c) -> the
   other's skull-stripped brain; ``icbmt2_colin`` / ``colin_icbmt2``: ICBM 2009c T2 brain <-> Colin27
   T1 brain: brain-mask Dice.
@@ -119,7 +120,8 @@ INTERIOR_LABEL = 1000  # white matter and CSF inside the brain: unlabelled in th
 
 def make_donor_case(brains: Path, work: Path, name: str, seed: int = 0) -> dict:
     """Images of two donors' anatomies painted from their label maps (``donor_A_B[+mhead][+fhead]
-    [+contrast]``): one shared contrast unless ``+contrast``; a head around a brain with ``+*head``."""
+    [+contrast][+invert]``): one shared contrast unless ``+contrast``; a head around a brain with
+    ``+*head``; ``+invert``: the moving image's intensities inverted inside its brain."""
     import torch
 
     from dccnn_deploy.io import load_volume
@@ -143,6 +145,9 @@ def make_donor_case(brains: Path, work: Path, name: str, seed: int = 0) -> dict:
             distance = torch.from_numpy(outside_distance(filled[0, 0].numpy()))[None, None] * float(lab.spacing[0]) / 2.0
             filled = add_head(filled, distance, rng)
         image = gaussian_smooth(paint(filled, lut, 0.05, gen), 1.0)[0, 0].numpy()
+        if role == "moving" and "invert" in flags:  # the issue's "contrast inverted (T2-like)" moving image
+            inside = gaussian_smooth((filled > 0).float(), 1.0)[0, 0].numpy() > 0.5
+            image = np.where(inside, image.max() - image, 0.0)
         out[role] = _save(case / f"{role}.nii.gz", image.astype(np.float32), lab.affine)
         out[f"{role}_labels"] = path
     return out

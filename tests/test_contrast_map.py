@@ -57,3 +57,18 @@ def test_pipeline_maps_only_different_contrasts_and_then_runs_all_passes():
     assert _passes(types.SimpleNamespace(passes=2), network, info) == 2
     assert _passes(options, network, info, preset=1) == 1  # a refine preset's own count
     assert _passes(types.SimpleNamespace(passes=3), network, info, preset=1) == 3  # --passes wins
+
+
+def test_map_contrast_keeps_the_fixed_contrast_range_when_tissues_overlap():
+    """Misaligned tissues pull E[fixed | moving] towards the mean; the quantile stretch gives the
+    mapped image the fixed image's intensity distribution back, tissues in the right order."""
+    labels, rng = _tissues()
+    t1 = _paint(labels, [0.0, 0.25, 0.55, 0.9], rng)
+    t2 = _paint(np.roll(labels, 3, axis=0), [0.0, 0.95, 0.6, 0.3], rng)  # 3 voxels off
+    mapped = map_contrast(t2, t1)
+    inside_m, inside_f = t2 > 0.05, t1 > 0.05
+    qs = [0.1, 0.5, 0.9]
+    assert np.allclose(np.quantile(mapped[inside_m], qs), np.quantile(t1[inside_f], qs), atol=0.05)
+    shifted = np.roll(labels, 3, axis=0)
+    medians = [float(np.median(mapped[shifted == k])) for k in (1, 2, 3)]
+    assert medians[0] < medians[1] < medians[2]  # CSF dark, grey, white bright: T1 order

@@ -4,7 +4,10 @@ After the affine stage, most voxels of the joint foreground overlap the same tis
 fixed intensity of the voxels under each moving intensity, ``E[fixed | moving]``, is a
 tissue-by-tissue translation of one contrast into the other (T2 -> T1: CSF bright -> dark, white
 matter dark -> bright). :func:`map_contrast` estimates it from the joint histogram (one bin per
-1/``bins`` of the moving intensity range) and applies it piecewise-linearly, so the network,
+1/``bins`` of the moving intensity range) and applies it piecewise-linearly. Where the affine
+leaves tissues overlapping, that mean is pulled towards the overall mean (a low-contrast image),
+so the result is then stretched monotonically to the fixed foreground's intensity distribution
+(quantile matching; inverted donor pair: DK Dice 0.462 / 0.420 -> 0.485 / 0.450). So the network,
 trained mostly on pairs of one contrast, runs on a pair of one contrast, with all its passes. Only
 the network's input changes: the written images keep their own intensities.
 """
@@ -39,4 +42,17 @@ def map_contrast(moving: np.ndarray, fixed: np.ndarray, threshold: float = 0.05,
     centres = 0.5 * (edges[:-1] + edges[1:])
     means = sums[valid] / counts[valid]
     out = np.interp(moving, centres[valid], means).astype(np.float32)
-    return np.where(moving > threshold, out, moving)
+    inside = moving > threshold
+    out = _match_quantiles(out, inside, fixed[fixed > threshold])
+    return np.where(inside, out, moving)
+
+
+def _match_quantiles(image: np.ndarray, inside: np.ndarray, reference: np.ndarray, n: int = 1001) -> np.ndarray:
+    """``image`` with its values inside ``inside`` mapped monotonically so that their
+    distribution matches ``reference``'s (the contrast ``E[fixed | moving]`` compresses where the
+    affine leaves tissues overlapping is stretched back to the fixed image's)."""
+    qs = np.linspace(0.0, 1.0, n)
+    source = np.quantile(image[inside], qs)
+    target = np.quantile(reference, qs)
+    source = np.maximum.accumulate(source + qs * 1e-6)  # strictly increasing for interp
+    return np.interp(image, source, target).astype(np.float32)
