@@ -112,7 +112,12 @@ def test_failed_pair_and_bad_metrics_flagged(tmp_path):
     write_pair(out, "noaff", fake_report(ncc=(0.6, 0.4, 0.7)))
     write_pair(out, "nogain", fake_report(ncc=(0.3, 0.8, 0.79)))
     write_pair(out, "inv", fake_report(inv=0.9))
+    write_pair(out, "worse", {**fake_report(), "warnings": [
+        "result: registration made the images less similar than no registration (MI 0.045 < 0.054): check the inputs"]})
+    write_pair(out, "shear", {**fake_report(), "warnings": ["affine: shears [0.4, 0.0, 0.0] beyond +-0.3"]})
     page = build_report(out).read_text()  # no summary.csv: the pair folders are found
+    assert '<span class="b">result check</span>' in _row(page, ">worse<") and "geometry" not in _row(page, ">worse<")
+    assert '<span class="b">geometry</span>' in _row(page, ">shear<") and "result check" not in _row(page, ">shear<")
     assert '<span class="b">affine failure</span>' in _row(page, ">noaff<")
     assert '<span class="b">low similarity gain</span>' in _row(page, ">nogain<")
     assert '<span class="b">inverse consistency</span>' in _row(page, ">inv<")

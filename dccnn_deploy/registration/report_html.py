@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
 
+from dccnn_deploy.registration.sanity import RESULT_PREFIX
+
 REPORT_NAME = "report.html"
 
 
@@ -169,7 +171,10 @@ def flags_for(status: str, m: dict, t: Thresholds) -> list[str]:
         flags.append("affine failure")
     if m["inv_mean"] is not None and m["inv_mean"] > t.max_inverse_consistency:
         flags.append("inverse consistency")
-    if m.get("warnings"):
+    warnings = m.get("warnings") or []
+    if any(w.startswith(RESULT_PREFIX) for w in warnings):
+        flags.append("result check")
+    if any(not w.startswith(RESULT_PREFIX) for w in warnings):
         flags.append("geometry")
     return flags
 
@@ -264,7 +269,9 @@ def _summary(entries: list[dict], has_labels: bool, t: Thresholds) -> str:
     rules = (f"folding: %J≤0 &gt; {t.fold_percent:g}; low similarity gain: NCC gain &lt; {t.min_ncc_gain:g} or local NCC gain "
              f"&lt; {t.min_local_ncc_gain:g}; affine failure: affine NCC &lt; {t.min_affine_ncc:g} or not improved; "
              f"inverse consistency: mean &gt; {t.max_inverse_consistency:g} voxel; geometry: implausible affine "
-             f"scale/shear/volume change or field-of-view overlap (details under the badge); error: the pair failed.")
+             f"scale/shear/volume change, affine similarity or field-of-view overlap; result check: the final result "
+             f"less similar than no registration or the affine stage, or no shared structure (details under the "
+             f"badge); error: the pair failed.")
     return (f'<div class="sum"><table class="k">{count_rows}</table><table class="k">{med_rows}</table>'
             f'<div>{histogram_svg(values, "Dice final" if has_labels else "NCC final")}</div></div>'
             f'<p style="color:#555;font-size:12px">Flags — {rules} Click a column header to sort.</p>')

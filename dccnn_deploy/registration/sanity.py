@@ -16,6 +16,10 @@ import numpy as np
 
 from dccnn_deploy.registration.sanity_affine import geometry_warnings
 
+#: the final-result check's warnings start with this (:mod:`~dccnn_deploy.registration.sanity_final`;
+#: the batch report flags them as "result check", every other warning as "geometry")
+RESULT_PREFIX = "result: "
+
 MIN_FIXED_COVERED = 0.6  # share of the fixed foreground inside the moved moving image's box
 MIN_MOVING_INSIDE = 0.5  # share of the moved moving foreground inside the fixed image's box
 
@@ -88,4 +92,4 @@ def affine_sanity(matrix: np.ndarray, moving=None, fixed=None) -> list[str]:
     return warnings
 
 
-__all__ = ["affine_sanity", "check_fov_overlap", "fov_overlap", "MATRIX_CHECKS"]
+__all__ = ["RESULT_PREFIX", "affine_sanity", "check_fov_overlap", "fov_overlap", "MATRIX_CHECKS"]

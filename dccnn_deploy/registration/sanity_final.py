@@ -25,6 +25,7 @@ import torch
 from dccnn_deploy.preprocess.intensity import foreground_mask
 from dccnn_deploy.preprocess.mutual_information import mutual_information
 from dccnn_deploy.registration.prepare import PreparedPair
+from dccnn_deploy.registration.sanity import RESULT_PREFIX
 
 STRIDE = 2  # every second model-grid voxel along each axis (4 mm at the default 2 mm grid)
 NONE_MARGIN = 0.03  # relative: final MI below (1 - this) x no registration's MI warns (estimator noise: 0.6 % seen)
@@ -54,7 +55,8 @@ def final_similarity(prepared: PreparedPair, moved_g: np.ndarray, stride: int = 
 
 
 def final_warnings(mi: dict[str, float]) -> list[str]:
-    """Warnings about :func:`final_similarity`'s values (empty when the registration raised the similarity)."""
+    """Warnings about :func:`final_similarity`'s values (empty when the registration raised the
+    similarity), each starting with :data:`RESULT_PREFIX`."""
     none, affine, final, chance = (float(mi[k]) for k in ("none", "affine", "final", "chance"))
     if not all(np.isfinite(v) for v in (none, affine, final, chance)):
         return []
@@ -67,7 +69,7 @@ def final_warnings(mi: dict[str, float]) -> list[str]:
                    "check the inputs")
     elif final < affine * (1.0 - AFFINE_MARGIN):
         out.append(f"the deformable step lowered the similarity of the affine stage (MI {affine:.3f} -> {final:.3f})")
-    return out
+    return [RESULT_PREFIX + w for w in out]
 
 
 __all__ = ["final_similarity", "final_warnings"]
