@@ -8,11 +8,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from scipy import ndimage
 
+from dccnn_deploy.io import Volume
 from dccnn_deploy.preprocess.affine import register_affine
 from dccnn_deploy.preprocess.brain_mask import HEAD_LITRES, has_skull, load_template, tissue_litres
 from dccnn_deploy.preprocess.grid import Grid, apply_affine, model_grid, resample_to_grid
 from dccnn_deploy.preprocess.mutual_information import mattes_mi, mutual_information, parzen_weights
+from dccnn_deploy.preprocess.settings import PreprocessSettings
+from dccnn_deploy.registration.prepare import prepare_pair, strip_for_network
 from dccnn_deploy.registration.sanity_affine import (
     affine_warnings,
     decompose,
@@ -158,6 +162,18 @@ def test_head_to_brain_strips_the_skull_of_the_head():
     assert back.stripped == ("fixed",)
     moved_points = apply_affine(np.linalg.inv(world), points)  # the brain's voxels in the moved head
     assert _error_mm(back.matrix, world, moved_points).mean() < 2.0
+
+    # the network sees two brains: the fixed head times its brain mask on the model grid
+    mask_image, mask_affine = back.brain_mask
+    assert mask_image.min() >= 0 and mask_image.max() <= 1 + 1e-5 and mask_image.mean() > 0.05
+    settings = PreprocessSettings((40, 48, 40), 4.0)
+    pair = prepare_pair(Volume(brain, affine), Volume(moved_head, affine), back.matrix, settings)
+    stripped = strip_for_network(pair, "fixed", back.brain_mask, settings)
+    assert np.array_equal(stripped.moving_g, pair.moving_g)
+    true_brain = resample_to_grid((mask > 0.5).astype(np.float32), affine, pair.grid, world) > 0.5
+    outside = ~ndimage.binary_dilation(true_brain, iterations=2)
+    assert pair.fixed_g[outside].mean() > 4 * stripped.fixed_g[outside].mean()  # scalp and skull gone
+    assert np.corrcoef(stripped.fixed_g[true_brain], pair.fixed_g[true_brain])[0, 1] > 0.9  # brain kept
 
 
 # ----------------------------------------------------------------------------- sanity

@@ -65,7 +65,8 @@ class AffineResult:
     finest level's fixed grid, before (headers only) and after; ``mi_*``: Mattes MI (nats) there,
     the contrast-blind twin. ``cost``: what was optimised (``"mi"`` or ``"ncc"``). ``content``:
     ``"head"`` or ``"brain"`` for (moving, fixed); ``stripped``: the images whose skull was
-    masked out (by the template brain mask) before matching. ``overlap``: Dice of the moved and
+    masked out (by the template brain mask) before matching, and ``brain_mask`` that mask
+    (brain fraction in [0, 1], its voxel -> world affine). ``overlap``: Dice of the moved and
     fixed foregrounds (tissue above a tenth of the range, after any stripping) on the finest grid."""
 
     matrix: np.ndarray
@@ -79,6 +80,7 @@ class AffineResult:
     content: tuple[str, str] = ("brain", "brain")
     stripped: tuple[str, ...] = field(default_factory=tuple)
     overlap: float = float("nan")
+    brain_mask: tuple[np.ndarray, np.ndarray] | None = None
 
 
 @dataclass
@@ -370,11 +372,14 @@ def register_affine(
         fixed_vol = _prepare(fixed, fixed_affine, min(levels))
         content = tuple("head" if has_skull(v.data[0, 0].numpy(), v.affine) else "brain" for v in (moving_vol, fixed_vol))
         stripped: tuple[str, ...] = ()
+        brain_mask = None
         if skull == "auto" and content[0] != content[1]:
             if content[0] == "head":
-                moving_vol, stripped = _strip_skull(moving_vol), ("moving",)
+                (moving_vol, mask), stripped = _strip_skull(moving_vol), ("moving",)
+                brain_mask = (mask, moving_vol.affine)
             else:
-                fixed_vol, stripped = _strip_skull(fixed_vol), ("fixed",)
+                (fixed_vol, mask), stripped = _strip_skull(fixed_vol), ("fixed",)
+                brain_mask = (mask, fixed_vol.affine)
         name = "ncc" if cost == "ncc" else "mi"
         params, level, total = _align(moving_vol, fixed_vol, levels, iterations, dof, name, progress, max_points, patience)
         with torch.no_grad():
@@ -387,7 +392,7 @@ def register_affine(
         return AffineResult(
             matrix=matrix, similarity_before=ncc_before, similarity_after=ncc_after, iterations=total,
             seconds=time.perf_counter() - start, cost=name, mi_before=mi_before, mi_after=mi_after,
-            content=content, stripped=stripped, overlap=overlap,
+            content=content, stripped=stripped, overlap=overlap, brain_mask=brain_mask,
         )
     finally:
         torch.set_num_threads(previous)
@@ -433,8 +438,8 @@ def _template_to(template: np.ndarray, template_affine: np.ndarray, image: np.nd
     return matrix.numpy().copy()
 
 
-def _strip_skull(volume: _Volume) -> _Volume:
-    """``volume`` times its template brain mask, renormalised to [0, 1]."""
+def _strip_skull(volume: _Volume) -> tuple[_Volume, np.ndarray]:
+    """``volume`` times its template brain mask, renormalised to [0, 1], and that mask."""
     image = volume.data[0, 0].numpy()
-    brain = image * template_brain_mask(image, volume.affine, _template_to)
-    return _describe(normalise_intensity(brain), volume.affine)
+    mask = template_brain_mask(image, volume.affine, _template_to)
+    return _describe(normalise_intensity(image * mask), volume.affine), mask

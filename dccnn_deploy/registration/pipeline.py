@@ -32,7 +32,7 @@ from dccnn_deploy.preprocess.affine import register_affine
 from dccnn_deploy.preprocess.settings import DEFAULT_GRID, DEFAULT_SPACING_MM, PreprocessSettings
 from dccnn_deploy.registration.inputs import ImageLike, to_volume
 from dccnn_deploy.registration.outputs import output_files, select_outputs
-from dccnn_deploy.registration.prepare import PreparedPair, prepare_pair
+from dccnn_deploy.registration.prepare import PreparedPair, prepare_pair, strip_for_network
 from dccnn_deploy.registration.result import RegistrationResult
 from dccnn_deploy.registration.sanity_affine import overlap_warnings, similarity_warnings
 from dccnn_deploy.ops.invert import make_inverse_consistent
@@ -236,13 +236,16 @@ def run(moving: ImageLike, fixed: ImageLike, opts: RegisterOptions | None = None
     say("resampling to the model grid")
     prepared = stages.run("resample", prepare_pair, moving_v, fixed_v, matrix, settings)
     say(f"network ({network.backend.name})" if network else "no network: refinement from the identity")
-    moving_in, contrast = stages.run("contrast", _network_input, prepared)
+    network_pair = prepared
+    if opts.affine and aff.stripped and aff.brain_mask is not None:  # a head against a brain: two brains
+        network_pair = stages.run("strip", strip_for_network, prepared, aff.stripped[0], aff.brain_mask, settings)
+    moving_in, contrast = stages.run("contrast", _network_input, network_pair)
     passes = _passes(opts, network, contrast, refine_cfg.passes)
-    fwd, inv = stages.run("network", _network_fields, network, moving_in, prepared.fixed_g, passes)
+    fwd, inv = stages.run("network", _network_fields, network, moving_in, network_pair.fixed_g, passes)
     refine_info = None
     if refine_cfg.total_iterations > 0:
         say(f"refining ({refine_cfg.name})")
-        fwd, inv, refine_info = stages.run("refine", _refine, refine_cfg, moving_in, prepared.fixed_g, fwd, inv)
+        fwd, inv, refine_info = stages.run("refine", _refine, refine_cfg, moving_in, network_pair.fixed_g, fwd, inv)
     if fwd is not None:  # the written inverse is the numerical inverse of the forward map
         fwd, inv = stages.run("invert", make_inverse_consistent, fwd, inv)
 
@@ -258,6 +261,7 @@ def run(moving: ImageLike, fixed: ImageLike, opts: RegisterOptions | None = None
         "device": opts.device,
         "passes": passes if network else 0,
         "contrast": contrast,
+        "network_input_stripped": [] if network_pair is prepared else list(aff.stripped),
         "refine_iterations": refine_cfg.total_iterations,
         "refine": refine_info,
         "grid": {"shape": list(settings.grid_shape), "spacing_mm": settings.spacing_mm},

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -58,3 +58,17 @@ def prepare_pair(moving: Volume, fixed: Volume, matrix: np.ndarray, settings: Pr
         fixed_g=resample_to_grid(fixed_n, fixed.affine, grid),
         unaligned_g=resample_to_grid(moving_n, moving.affine, grid),
     )
+
+
+def strip_for_network(prepared: PreparedPair, side: str, brain_mask: tuple[np.ndarray, np.ndarray],
+                      settings: PreprocessSettings) -> PreparedPair:
+    """``prepared`` with the ``side`` (``"moving"`` / ``"fixed"``) image, a head matched against a
+    brain, multiplied by its brain mask (brain fraction, its voxel -> world affine: the affine
+    stage's template mask) on the model grid and normalised again, so that the network sees two
+    brains. The written images keep the head; only the network's (and refine's) input changes."""
+    mask, mask_affine = brain_mask
+    transform = prepared.matrix if side == "moving" else None
+    on_grid = resample_to_grid(np.asarray(mask, dtype=np.float32), mask_affine, prepared.grid, world_transform=transform)
+    image = getattr(prepared, f"{side}_g") * on_grid
+    brain = normalise_intensity(image, lower=settings.lower_percentile, upper=settings.upper_percentile)
+    return replace(prepared, **{f"{side}_g": brain})
