@@ -9,7 +9,8 @@ warm-up run each, the repeats go round-robin (variant A, B, C, A, B, C, ...) so 
 sees the same machine load. Prints a Markdown table: median and min wall seconds, median process CPU seconds, and the parity
 max |Δ| (voxels, forward and inverse fields) against the plain torch pass (``torch-t2``, which is
 what ``TorchBackend`` ran before issue 12; ``-tuned``: :func:`~dccnn_deploy.runtime.backends.cpu_inference_model`,
-what it runs now). ONNX variants need ``DIR/gridsample.onnx`` and / or
+what it runs in float32; ``-tuned-bf16``: the same under bfloat16 autocast, ``--precision auto`` on
+a CPU with native bfloat16). ONNX variants need ``DIR/gridsample.onnx`` and / or
 ``DIR/gather.onnx`` (``dccnn export CKPT -o DIR/gather.onnx [--sampler gridsample]``); missing
 files are skipped. ``torch.set_num_interop_threads(1)`` is set once at start-up.
 """
@@ -28,8 +29,8 @@ import torch
 RunFn = Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
 
 
-def _torch_run(model: torch.nn.Module, threads: int, channels_last: bool = False) -> RunFn:
-    """Eager torch in inference mode at ``threads`` intra-op threads."""
+def _torch_run(model: torch.nn.Module, threads: int, channels_last: bool = False, bf16: bool = False) -> RunFn:
+    """Eager torch in inference mode at ``threads`` intra-op threads (``bf16``: bfloat16 autocast)."""
     fmt = torch.channels_last_3d if channels_last else torch.contiguous_format
     if channels_last:
         model = model.to(memory_format=fmt)
@@ -37,9 +38,9 @@ def _torch_run(model: torch.nn.Module, threads: int, channels_last: bool = False
     def run(m: np.ndarray, f: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         torch.set_num_threads(threads)
         x, y = (torch.from_numpy(v)[None, None].contiguous(memory_format=fmt) for v in (m, f))
-        with torch.inference_mode():
+        with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             out = model(x, y)
-        return out.forward[0].contiguous().numpy(), out.inverse[0].contiguous().numpy()
+        return out.forward[0].float().contiguous().numpy(), out.inverse[0].float().contiguous().numpy()
     return run
 
 
@@ -97,6 +98,8 @@ def variants(model_path: Path, onnx_dir: Path | None, grid: tuple[int, int, int]
         "torch-t1": lambda: _torch_run(fresh(), 1),
         "torch-t2-tuned": lambda: _torch_run(cpu_inference_model(fresh()), 2),
         "torch-t1-tuned": lambda: _torch_run(cpu_inference_model(fresh()), 1),
+        "torch-t2-tuned-bf16": lambda: _torch_run(cpu_inference_model(fresh()), 2, bf16=True),
+        "torch-t1-tuned-bf16": lambda: _torch_run(cpu_inference_model(fresh()), 1, bf16=True),
         "torch-t2-channels-last": lambda: _torch_run(fresh(), 2, channels_last=True),
         "torch-t2-jit-freeze": lambda: _jit_run(fresh(), grid, 2, optimize=False),
         "torch-t2-jit-freeze-opt": lambda: _jit_run(fresh(), grid, 2, optimize=True),
