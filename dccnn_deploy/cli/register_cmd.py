@@ -125,7 +125,7 @@ def register(
     as_json: bool = typer.Option(False, "--json", help="Print the report (report.json) on stdout."),
     strict: bool = typer.Option(False, "--strict", help="Exit with code 3 when the geometry checks warn."),
 ) -> None:
-    """Register MOVING to FIXED: moved images, forward/inverse ITK warps, Jacobian, QC, report."""
+    """Register MOVING to FIXED: moved image, forward/inverse ITK warps, affine, QC, report (--outputs all: also the .h5 composites, Jacobian, inverse-moved image)."""
     with user_errors():
         opts = options_from_cli(
             model, backend, device, refine, no_affine, overwrite, moving_labels, fixed_labels, grid, spacing, outputs,
