@@ -33,7 +33,7 @@ def test_onnxruntime_backend_registers_like_torch(study, exported, tmp_path):
     for backend, model in (("torch", study["model"]), ("onnxruntime", exported)):
         out = tmp_path / backend
         res = runner.invoke(app, ["register", str(study["moving"]), str(study["fixed"]), "-o", str(out),
-                                  "--model", str(model), "--backend", backend])
+                                  "--model", str(model), "--backend", backend, "--precision", "fp32" if backend == "torch" else "auto"])
         assert res.exit_code == 0, res.output
         outs[backend] = out
     for name in ("moved.nii.gz", "fwd_warp.nii.gz", "inv_warp.nii.gz"):

@@ -36,12 +36,15 @@ def benchmark(
     """Latency (median), peak RSS, max |Δ| vs torch and tissue-class Dice of torch / ONNX Runtime (CPU, CUDA) / TensorRT."""
     from dccnn_deploy.cli.export_cmd import bundled_pair_on_grid
     from dccnn_deploy.export import export_onnx
+    from dccnn_deploy.runtime.backends import cpu_has_native_bf16
     from dccnn_deploy.runtime.benchmark import benchmark as run_all
 
     with user_errors():
         bundle = load_model(checkpoint)
         with tempfile.TemporaryDirectory() as tmp, console.status("exporting and timing backends"):
             runs = [(checkpoint, "torch", "cpu", "fp32")]
+            if cpu_has_native_bf16():  # what `dccnn register` runs here (--precision auto)
+                runs.append((checkpoint, "torch", "cpu", "bf16"))
             onnx32 = Path(tmp) / "fp32.onnx"
             export_onnx(bundle.model, bundle.grid_shape, onnx32)
             runs.append((onnx32, "onnxruntime", "cpu", "fp32"))

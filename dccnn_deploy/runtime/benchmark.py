@@ -30,12 +30,13 @@ class BenchmarkRow:
     note: str = ""
 
 
-def _child(model: str, backend: str, device: str, inputs: str, outputs: str, repeats: int) -> dict:
-    """Runs in the child: open, warm up, time ``repeats`` runs, save the displacements."""
+def _child(model: str, backend: str, device: str, inputs: str, outputs: str, repeats: int, precision: str) -> dict:
+    """Runs in the child: open, warm up, time ``repeats`` runs, save the displacements. The torch
+    backend runs at ``precision`` (``fp32`` / ``bf16``); exported files keep their own."""
     from dccnn_deploy.runtime.loading import open_network
 
     data = np.load(inputs)
-    net = open_network(model, backend, device)
+    net = open_network(model, backend, device, precision if backend == "torch" else "auto")
     net.backend.run(data["moving"], data["fixed"])
     times = []
     for _ in range(repeats):
@@ -58,13 +59,13 @@ def _peak_rss_mb() -> float:
 
 
 def run_backend(model: Path, backend: str, device: str, moving: np.ndarray, fixed: np.ndarray,
-                repeats: int, workdir: Path) -> tuple[dict, dict]:
+                repeats: int, workdir: Path, precision: str = "fp32") -> tuple[dict, dict]:
     """(timing dict, outputs npz) of one backend in a child process; raises RuntimeError on failure."""
     inputs = workdir / "inputs.npz"
     if not inputs.exists():
         np.savez(inputs, moving=moving, fixed=fixed)
-    outputs = workdir / f"{backend}-{device}-{Path(model).stem}.npz"
-    args = json.dumps([str(model), backend, device, str(inputs), str(outputs), repeats])
+    outputs = workdir / f"{backend}-{device}-{precision}-{Path(model).stem}.npz"
+    args = json.dumps([str(model), backend, device, str(inputs), str(outputs), repeats, precision])
     res = subprocess.run([sys.executable, "-m", "dccnn_deploy.runtime.benchmark", args], capture_output=True, text=True)
     if res.returncode != 0:
         lines = res.stderr.strip().splitlines() or ["failed"]
@@ -73,13 +74,14 @@ def run_backend(model: Path, backend: str, device: str, moving: np.ndarray, fixe
 
 
 def benchmark(runs: list[tuple[Path, str, str, str]], moving: np.ndarray, fixed: np.ndarray, repeats: int) -> list[BenchmarkRow]:
-    """``runs``: (model file, backend, device, precision label); the first must be torch (reference)."""
+    """``runs``: (model file, backend, device, precision label); the first must be torch at
+    ``fp32`` (the reference); a torch run's label is its precision (``fp32`` / ``bf16``)."""
     from dccnn_deploy.metrics import class_dice  # here, not at import: the timed children stay lean
     rows, reference = [], None
     with tempfile.TemporaryDirectory() as tmp:
         for model, backend, device, precision in runs:
             try:
-                timing, out = run_backend(model, backend, device, moving, fixed, repeats, Path(tmp))
+                timing, out = run_backend(model, backend, device, moving, fixed, repeats, Path(tmp), precision)
             except RuntimeError as exc:
                 rows.append(BenchmarkRow(f"{backend}-{device}", precision, float("nan"), float("nan"), None, note=str(exc)))
                 continue
