@@ -36,9 +36,8 @@ from dccnn_deploy.registration.prepare import PreparedPair, prepare_pair, strip_
 from dccnn_deploy.registration.result import RegistrationResult
 from dccnn_deploy.registration.sanity_affine import overlap_warnings, similarity_warnings
 from dccnn_deploy.ops.invert import make_inverse_consistent
-from dccnn_deploy.runtime.backends import PRECISIONS
 from dccnn_deploy.runtime.passes import run_passes
-from dccnn_deploy.runtime.loading import Network, open_network
+from dccnn_deploy.runtime.loading import Network, check_precision, open_network
 from dccnn_deploy.registration.provenance import input_record, options_record
 from dccnn_deploy.registration.sanity import affine_sanity
 from dccnn_deploy.registration.sanity_final import final_similarity, final_warnings
@@ -85,14 +84,14 @@ class RegisterOptions:
         """One-line :class:`InputError` for contradictory options (before any work)."""
         if self.model is None and _refine_settings(self).total_iterations == 0:
             raise InputError("no model: none ships with this install; pass --model CHECKPOINT (model= in Python) or --refine N")
-        if self.precision not in PRECISIONS:
-            raise InputError(f"--precision {self.precision!r}: choose one of {', '.join(PRECISIONS)}")
         if self.passes is not None and self.passes < 1:
             raise InputError(f"--passes {self.passes}: must be >= 1")
         if (self.moving_labels is None) != (self.fixed_labels is None):
             raise InputError("label maps: give both --moving-labels and --fixed-labels, or neither")
         if self.model is not None and not isinstance(self.model, Network):
-            resolve_backend(self.model, self.backend)
+            check_precision(self.precision, resolve_backend(self.model, self.backend), self.model)
+        else:  # no model file to open: only the name is checked
+            check_precision(self.precision, "torch")
         select_outputs(self.outputs, labels=self.moving_labels is not None)
 
 

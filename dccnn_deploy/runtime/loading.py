@@ -53,15 +53,22 @@ def check_onnx_contract(session, path: Path) -> None:
                 raise InputError.at(path, f"not a dccnn export: {kind[:-1]} {name!r} has rank {rank}, expected 5 (N,C,D,H,W)")
 
 
+def check_precision(precision: str, backend: str, path: str | Path | None = None) -> None:
+    """One-line :class:`InputError` unless ``precision`` is one of
+    :data:`~dccnn_deploy.runtime.backends.PRECISIONS` that ``backend`` can run (``bf16``: torch only)."""
+    if precision not in PRECISIONS:
+        raise InputError(f"--precision {precision!r}: choose one of {', '.join(PRECISIONS)}")
+    if precision == "bf16" and backend != "torch":
+        message = f"--precision bf16 needs the torch backend (this is {backend})"
+        raise InputError.at(Path(path), message) if path is not None else InputError(message)
+
+
 def open_network(path: str | Path, backend: str = "torch", device: str = "cpu", precision: str = "auto") -> Network:
     """The network in ``path`` on ``backend`` (the file kind must suit the backend);
     ``precision``: see :data:`~dccnn_deploy.runtime.backends.PRECISIONS` (``bf16`` only with
     the torch backend; exported graphs and engines keep the precision they were built with)."""
     p = Path(path)
-    if precision not in PRECISIONS:
-        raise InputError(f"--precision {precision!r}: choose one of {', '.join(PRECISIONS)}")
-    if precision == "bf16" and backend != "torch":
-        raise InputError.at(p, f"--precision bf16 needs the torch backend (this is {backend})")
+    check_precision(precision, backend, p)
     kind = p.suffix.lower()
     if kind not in KIND_BACKENDS:
         raise InputError.at(p, f"unknown model file type {kind!r} (.pt checkpoint, .onnx or .engine)")
