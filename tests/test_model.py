@@ -107,6 +107,44 @@ def test_samplers_agree(small_config):
         model.sampler = "nearest"
 
 
+def test_precomputed_fixed_features_give_the_same_registration(small_config):
+    torch.manual_seed(1)
+    model = DCCNNLSTMReg(small_config).eval()
+    x, y = torch.rand(1, 1, 16, 20, 12), torch.rand(1, 1, 16, 20, 12)
+    with torch.no_grad():
+        whole = model(x, y)
+        split = model(x, y, fixed_features=model.features(y))
+    assert torch.allclose(whole.forward, split.forward, atol=1e-5)
+    assert torch.allclose(whole.inverse, split.inverse, atol=1e-5)
+
+
+def test_torch_backend_reuses_fixed_features_only_for_an_equal_fixed_image(small_config, monkeypatch):
+    import numpy as np
+
+    from dccnn_deploy.runtime.backends import TorchBackend
+
+    torch.manual_seed(2)
+    backend = TorchBackend(DCCNNLSTMReg(small_config), precision="fp32")
+    reference = TorchBackend(DCCNNLSTMReg(small_config), precision="fp32")
+    reference.model.load_state_dict(backend.model.state_dict())
+    calls = []
+    real = backend.model.features
+    monkeypatch.setattr(backend.model, "features", lambda v: calls.append(v.shape) or real(v))
+    rng = np.random.default_rng(0)
+    fixed, other_fixed = rng.random((2, 16, 20, 12), dtype=np.float32)
+    for moving in rng.random((2, 16, 20, 12), dtype=np.float32):
+        got = backend.run(moving, fixed)
+        want = reference.run(moving, fixed)
+        assert all(np.allclose(a, b, atol=1e-5) for a, b in zip(got, want))
+    assert len(calls) == 3  # fixed once, then the two moving images
+    fixed_copy = fixed.copy()
+    fixed_copy[3, 4, 5] += 0.5  # any change in the fixed image: computed anew
+    got = backend.run(moving, fixed_copy)
+    want = reference.run(moving, fixed_copy)
+    assert all(np.allclose(a, b, atol=1e-5) for a, b in zip(got, want))
+    assert len(calls) == 5
+
+
 def test_homotopy_is_one_at_identity_and_grows_under_compression():
     zero = torch.zeros(1, 3, 10, 10, 10)
     assert torch.allclose(homotopy(zero, 1.0, 0.1), torch.ones(1, 1, 10, 10, 10), atol=1e-6)

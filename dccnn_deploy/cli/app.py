@@ -1,6 +1,6 @@
 """``dccnn``: the command-line entry point. Each command lives in its own module.
 
-Start-up: a command's module (and with it torch, nibabel, onnx, matplotlib) is imported only
+Start-up: a command's module (and with it torch, nibabel, onnx, Pillow) is imported only
 when that command runs or shows its own ``--help``. ``dccnn --help`` lists the commands with
 the first line of each function's docstring, read from the module's source without importing
 it, and ``dccnn --version`` needs nothing beyond Typer.

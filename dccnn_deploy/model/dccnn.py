@@ -93,7 +93,14 @@ class DCCNNLSTMReg(nn.Module):
     def _h(self, disp: torch.Tensor) -> torch.Tensor:
         return homotopy(disp, self.config.homotopy_sigma, self.config.jacobian_floor)
 
-    def forward(self, moving: torch.Tensor, fixed: torch.Tensor, trace: bool = False) -> RegistrationOutput:
+    def features(self, images: torch.Tensor) -> list[torch.Tensor]:
+        """The feature pyramid (coarse -> fine) of ``(B, 1, D, H, W)`` images, on the padded grid."""
+        return self.unet(pad_to_multiple(images, self.config.divisor))
+
+    def forward(self, moving: torch.Tensor, fixed: torch.Tensor, trace: bool = False,
+                fixed_features: list[torch.Tensor] | None = None) -> RegistrationOutput:
+        """``fixed_features``: ``features(fixed)`` computed before (a cascade at inference registers
+        several moving images to one fixed image); the U-Net then runs on the moving image only."""
         if moving.shape != fixed.shape or moving.dim() != 5 or moving.shape[1] != 1:
             raise ValueError(
                 f"moving and fixed must both be (B, 1, D, H, W) of one shape, got "
@@ -102,8 +109,10 @@ class DCCNNLSTMReg(nn.Module):
         cfg = self.config
         b = moving.shape[0]
         size = moving.shape[2:]
-        images = pad_to_multiple(torch.cat([moving, fixed], dim=0), cfg.divisor)
-        pyramid = self.unet(images)  # dual U-Net, shared weights: one pass over both images
+        if fixed_features is None:  # dual U-Net, shared weights: one pass over both images
+            pyramid = self.features(torch.cat([moving, fixed], dim=0))
+        else:
+            pyramid = [torch.cat([m, f], dim=0) for m, f in zip(self.features(moving), fixed_features)]
         dt = 1.0 / cfg.steps
 
         disp = memory = None
@@ -111,6 +120,8 @@ class DCCNNLSTMReg(nn.Module):
         for level, feats in enumerate(pyramid):
             feats = feats.contiguous()  # a channels-last U-Net (CPU inference) hands over NCDHW
             others = swap_halves(feats)  # forward rows see F_Y, inverse rows see F_X
+            if self._sampler_name == "gridsample":
+                feats = feats.float()  # grid_sample samples in float32: cast once, not every step
             if disp is None:
                 disp = feats.new_zeros((2 * b, 3, *feats.shape[2:]))
                 memory = torch.zeros_like(disp)

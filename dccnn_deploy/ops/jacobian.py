@@ -35,8 +35,8 @@ def jacobian_determinant(displacement: torch.Tensor) -> torch.Tensor:
     The determinant is invariant to voxel spacing (diag(s) J diag(s)^-1 has the same det), so
     voxel units give the physical Jacobian determinant for any spacing.
     """
-    g = spatial_gradient(displacement)
-    a = [[g[:, r, c] + (1.0 if r == c else 0.0) for c in range(3)] for r in range(3)]
+    g = [_diff(displacement, k) for k in range(3)]  # d u / d axis_k (no stacked copy: h runs every step)
+    a = [[g[c][:, r] + (1.0 if r == c else 0.0) for c in range(3)] for r in range(3)]
     det = (
         a[0][0] * (a[1][1] * a[2][2] - a[1][2] * a[2][1])
         - a[0][1] * (a[1][0] * a[2][2] - a[1][2] * a[2][0])

@@ -145,12 +145,21 @@ class TorchBackend:
         self.model = cpu_inference_model(model) if cpu_tuned and self.device.type == "cpu" else model
         self.bf16 = uses_bf16(precision, self.device.type)
         self.name = f"torch-{self.device.type}" + ("-bf16" if self.bf16 else "")
+        self._fixed: tuple[np.ndarray, list] | None = None  # the last fixed image and its features
+
+    def _fixed_features(self, fixed: np.ndarray, f) -> list:
+        """The fixed image's feature pyramid, computed once for consecutive runs with an equal
+        fixed image (the passes of a cascade, a batch against one template)."""
+        if self._fixed is None or not np.array_equal(self._fixed[0], fixed):
+            self._fixed = (fixed.copy(), self.model.features(f))
+        return self._fixed[1]
 
     def run(self, moving: np.ndarray, fixed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         torch = self._torch
-        m, f = (torch.from_numpy(v).to(self.device) for v in _check_pair(moving, fixed))
+        moving, fixed = _check_pair(moving, fixed)
+        m, f = (torch.from_numpy(v).to(self.device) for v in (moving, fixed))
         with torch.inference_mode(), torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
-            out = self.model(m, f)
+            out = self.model(m, f, fixed_features=self._fixed_features(fixed, f))
         return tuple(t[0].float().cpu().numpy() for t in (out.forward, out.inverse))
 
 
