@@ -31,10 +31,10 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from dccnn_deploy.ops.invert import field_and_gradient, newton_step
 from dccnn_deploy.ops.jacobian import jacobian_determinant
+from dccnn_deploy.ops.warp import volume_sampler
 from dccnn_deploy.preprocess.grid import Grid
 
 #: Newton iterations refining each written inverse point (:func:`_preimage`): from the
@@ -101,11 +101,11 @@ def _channels_last(matrix: np.ndarray, points: torch.Tensor) -> torch.Tensor:
     return torch.addmm(m[:, 3], points.t(), m[:, :3].t())
 
 
-def _sample_file_order(volume_t: torch.Tensor, grid: torch.Tensor, shape_t, padding: str, mode: str = "bilinear"):
-    """``grid_sample`` of a file-order source ``(1, C, Z, Y, X)`` at ``grid`` (``(N, 3)`` rows or
-    ``(*shape_t, 3)``, normalised ``(i, j, k)``) -> file-order output ``(C, *shape_t)``."""
-    out = F.grid_sample(volume_t, grid.reshape(1, *shape_t, 3), mode=mode, padding_mode=padding, align_corners=True)
-    return out[0]
+def _sample_file_order(sampler, grid: torch.Tensor, shape_t):
+    """A file-order source's :func:`~dccnn_deploy.ops.warp.volume_sampler` (``(1, C, Z, Y, X)``)
+    at ``grid`` (``(N, 3)`` rows or ``(*shape_t, 3)``, normalised ``(i, j, k)``) -> file-order
+    output ``(C, *shape_t)``."""
+    return sampler(grid.reshape(1, *shape_t, 3))[0]
 
 
 def _field_file_order(field: torch.Tensor) -> torch.Tensor:
@@ -130,13 +130,14 @@ class Registration:
         maps onto ``v`` (:func:`_preimage`)."""
         points = _affine_volume(out_matrix @ to_grid_voxels, target.shape)
         if field is not None:
-            source = _field_file_order(field)
-            inverted = None if preimage_of is None else _field_file_order(field_and_gradient(preimage_of.float()))
+            source = volume_sampler(_field_file_order(field), "border")
+            inverted = None if preimage_of is None else volume_sampler(
+                _field_file_order(field_and_gradient(preimage_of.float())), "border")
             to_norm = _normaliser(self.grid.shape) @ to_grid_voxels
             linear = torch.tensor(np.asarray(out_matrix)[:3, :3], dtype=torch.float32)
             for a, b in _slabs(points.shape[1]):
                 grid = _affine_volume(to_norm, target.shape, channels_last=True, planes=(a, b))
-                u = _sample_file_order(source, grid, grid.shape[:3], "border")
+                u = _sample_file_order(source, grid, grid.shape[:3])
                 if inverted is not None:
                     u = _preimage(inverted, grid, u, self.grid.shape)
                 part = points[:, a:b]
@@ -156,11 +157,11 @@ class Registration:
         return self._map(to_grid, a_g, target, self.inverse, self.forward if exact else None)
 
 
-def _preimage(sources: torch.Tensor, grid: torch.Tensor, u: torch.Tensor, grid_shape) -> torch.Tensor:
+def _preimage(sources, grid: torch.Tensor, u: torch.Tensor, grid_shape) -> torch.Tensor:
     """Newton-refined inverse displacement at arbitrary points of the model grid.
 
     ``grid``: the points ``w`` (normalised, channels last, file order), ``u``: the inverse field
-    sampled there (voxels, ``(3, *S)``), ``sources``: the forward field and its gradient
+    sampled there (voxels, ``(3, *S)``), ``sources``: a sampler of the forward field and its gradient
     (:func:`~dccnn_deploy.ops.invert.field_and_gradient`, file order). Returns ``d`` with
     ``d + f(w + d) = 0``: the written inverse is then the inverse of the forward map at every
     voxel it is written on, not only at the model-grid nodes (trilinear interpolation of the
@@ -171,7 +172,7 @@ def _preimage(sources: torch.Tensor, grid: torch.Tensor, u: torch.Tensor, grid_s
     d = u.contiguous()  # (3, *S) voxels
     outside = (grid.abs() > 1.0).any(dim=-1)
     for _ in range(INVERSE_POINT_ITERATIONS):
-        sampled = _sample_file_order(sources, grid + (d / scale).permute(1, 2, 3, 0), grid.shape[:3], "border")[None]
+        sampled = _sample_file_order(sources, grid + (d / scale).permute(1, 2, 3, 0), grid.shape[:3])[None]
         step = newton_step(sampled, d[None] + sampled[:, :3], fallback=False, max_step=PREIMAGE_MAX_STEP)[0]
         d = d - step.masked_fill_(outside, 0.0)
     return d
@@ -196,13 +197,14 @@ def sample_at(data: np.ndarray, affine: np.ndarray, points: torch.Tensor, labels
     """Sample a volume (world affine ``affine``) at world ``points`` ``(1, 3, *S)``: trilinear
     (zeros outside) or nearest for ``labels``. Returns an array of shape ``S`` (Fortran order)."""
     data = np.asarray(data)
-    source = torch.from_numpy(np.ascontiguousarray(data.T, dtype=np.float32))[None, None]
+    source = volume_sampler(torch.from_numpy(np.ascontiguousarray(data.T, dtype=np.float32))[None, None],
+                            "zeros", "nearest" if labels else "bilinear")
     pts = _file_order(points).float()
     to_norm = _normaliser(data.shape) @ np.linalg.inv(affine)
     out = torch.empty(pts.shape[1:], dtype=torch.float32)
     for a, b in _slabs(pts.shape[1]):
         grid = _channels_last(to_norm, pts[:, a:b].reshape(3, -1))
-        out[a:b] = _sample_file_order(source, grid, out[a:b].shape, "zeros", "nearest" if labels else "bilinear")[0]
+        out[a:b] = _sample_file_order(source, grid, out[a:b].shape)[0]
     out = out.numpy().T
     return np.rint(out).astype(data.dtype) if labels else out
 

@@ -175,6 +175,27 @@ def test_head_to_brain_strips_the_skull_of_the_head():
     assert pair.fixed_g[outside].mean() > 4 * stripped.fixed_g[outside].mean()  # scalp and skull gone
     assert np.corrcoef(stripped.fixed_g[true_brain], pair.fixed_g[true_brain])[0, 1] > 0.9  # brain kept
 
+    # with a head-to-head registration the mask follows the template head deformed onto the head
+    assert back.template_head is not None and back.template_head.shape == mask_image.shape
+    seen = []
+
+    def register(template_g, head_g, shift=0.0):
+        seen.append((template_g, head_g))
+        field = torch.zeros((1, 3, *head_g.shape))
+        field[:, 0] = shift
+        return field
+
+    same = strip_for_network(pair, "fixed", back.brain_mask, settings, back.template_head, register)
+    template_g, head_g = seen[-1]
+    assert head_g is pair.fixed_g and np.corrcoef(template_g.ravel(), head_g.ravel())[0, 1] > 0.8
+    assert np.allclose(same.fixed_g, stripped.fixed_g, atol=1e-4)  # identity: the affine mask
+    shifted = strip_for_network(pair, "fixed", back.brain_mask, settings, back.template_head,
+                                lambda t, h: register(t, h, shift=3.0))
+    mask_g = resample_to_grid(mask_image, mask_affine, pair.grid)
+    expected = pair.fixed_g * np.concatenate([mask_g[3:], np.zeros_like(mask_g[:3])])  # mask(x + 3 e_0)
+    inside = (slice(2, -5),) * 3  # away from the cut-off planes
+    assert np.corrcoef(shifted.fixed_g[inside].ravel(), expected[inside].ravel())[0, 1] > 0.999
+
 
 # ----------------------------------------------------------------------------- sanity
 

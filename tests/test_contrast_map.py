@@ -31,7 +31,7 @@ def test_map_contrast_turns_an_inverted_contrast_into_the_fixed_one():
     t1 = _paint(labels, [0.0, 0.25, 0.55, 0.9], rng)
     t2 = _paint(labels, [0.0, 0.95, 0.6, 0.3], rng)
     before = contrast_agreement(torch.from_numpy(t2), torch.from_numpy(t1))
-    mapped = map_contrast(t2, t1)
+    mapped, _ = map_contrast(t2, t1)
     after = contrast_agreement(torch.from_numpy(mapped), torch.from_numpy(t1))
     assert before < 0 and after > 0.9
     for tissue, value in ((1, 0.25), (2, 0.55), (3, 0.9)):
@@ -54,6 +54,10 @@ def test_pipeline_maps_only_different_contrasts_and_then_runs_all_passes():
     assert info["mapped"] and info["agreement"] < SAME_CONTRAST_MIN_CORRELATION <= info["agreement_after"]
     assert _passes(options, network, info) == 5
     assert _passes(options, network, {"agreement": -0.5, "mapped": True, "agreement_after": 0.5}) == 1
+    assert _passes(options, network, {"agreement": -0.5, "mapped": True, "agreement_after": 0.5,
+                                      "map": "conditional mean"}) == 1
+    assert _passes(options, network, {"agreement": -0.6, "mapped": True, "agreement_after": 0.55,
+                                      "map": "rank (decreasing)"}) == 5  # an inverted contrast: all passes
     assert _passes(types.SimpleNamespace(passes=2), network, info) == 2
     assert _passes(options, network, info, preset=1) == 1  # a refine preset's own count
     assert _passes(types.SimpleNamespace(passes=3), network, info, preset=1) == 3  # --passes wins
@@ -65,10 +69,43 @@ def test_map_contrast_keeps_the_fixed_contrast_range_when_tissues_overlap():
     labels, rng = _tissues()
     t1 = _paint(labels, [0.0, 0.25, 0.55, 0.9], rng)
     t2 = _paint(np.roll(labels, 3, axis=0), [0.0, 0.95, 0.6, 0.3], rng)  # 3 voxels off
-    mapped = map_contrast(t2, t1)
+    mapped, _ = map_contrast(t2, t1)
     inside_m, inside_f = t2 > 0.05, t1 > 0.05
     qs = [0.1, 0.5, 0.9]
     assert np.allclose(np.quantile(mapped[inside_m], qs), np.quantile(t1[inside_f], qs), atol=0.05)
     shifted = np.roll(labels, 3, axis=0)
     medians = [float(np.median(mapped[shifted == k])) for k in (1, 2, 3)]
     assert medians[0] < medians[1] < medians[2]  # CSF dark, grey, white bright: T1 order
+
+
+def _bin_means(moving: np.ndarray, fixed: np.ndarray, bins: int = 32):
+    index = np.clip((moving * bins).astype(int), 0, bins - 1)
+    counts = np.bincount(index, minlength=bins)
+    sums = np.bincount(index, weights=fixed, minlength=bins)
+    valid = counts > 0
+    return sums[valid] / counts[valid], counts[valid]
+
+
+def test_monotone_direction_tells_inverted_from_scrambled_contrasts():
+    from dccnn_deploy.preprocess.contrast_map import monotone_direction
+
+    rng = np.random.default_rng(3)
+    moving = rng.random(20_000)
+    noise = rng.normal(0, 0.05, moving.shape)
+    for fixed, want in ((0.2 + 0.7 * moving + noise, 1), (0.9 - 0.6 * moving + noise, -1),
+                        (np.abs(moving - 0.5) * 1.6 + noise, 0)):  # V-shaped (FLAIR-like): neither
+        means, counts = _bin_means(moving, fixed)
+        assert monotone_direction(means, counts, fixed) == want
+
+
+def test_an_inverted_image_is_histogram_matched_exactly():
+    labels, rng = _tissues()
+    t1 = _paint(labels, [0.0, 0.25, 0.55, 0.9], rng)
+    inverted = np.where(labels > 0, 1.0 - t1 + 0.06, 0.0).astype(np.float32)
+    fixed = np.roll(t1, 2, axis=0)  # tissues still overlapping after an imperfect affine
+    mapped, kind = map_contrast(inverted, fixed)
+    assert kind == "rank (decreasing)"
+    inside = labels > 0
+    order = np.argsort(inverted[inside], kind="stable")
+    assert np.all(np.diff(mapped[inside][order]) <= 1e-6)  # a decreasing function of the moving intensity
+    assert np.corrcoef(mapped[inside], t1[inside])[0, 1] > 0.99

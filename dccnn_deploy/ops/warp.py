@@ -14,7 +14,8 @@ Mul, Add), so it exports to ONNX without GridSample and TensorRT's parser accept
 
 from __future__ import annotations
 
-from typing import Literal
+import math
+from typing import Callable, Literal
 
 import torch
 import torch.nn.functional as F
@@ -79,7 +80,93 @@ def warp(volume: torch.Tensor, displacement: torch.Tensor, padding: Padding = "z
     return out.reshape(b, *size_out, c).permute(0, 4, 1, 2, 3)
 
 
-def _normalised_grid(displacement: torch.Tensor, size_in) -> torch.Tensor:
+#: largest side (pixels) of the 2-D mosaic :func:`volume_sampler` samples: float32 normalised
+#: positions are then exact to ~2e-4 pixel (a model-grid field or feature map makes ~1000; a
+#: 1 mm image may make more and keeps the 3-D kernel)
+MOSAIC_MAX_SIDE = 2048
+
+
+def _mosaic(volume: torch.Tensor, margin: int) -> tuple[torch.Tensor, int]:
+    """``(B, C, D, H, W)`` -> its slices tiled into a ``(B, C, rows*(H+2m), cols*(W+2m))`` image
+    (``margin`` zero pixels around each slice), and ``cols``."""
+    b, c, d, h, w = volume.shape
+    cols = math.ceil(math.sqrt(d))
+    rows = math.ceil(d / cols)
+    padded = F.pad(volume, (margin, margin, margin, margin, 0, rows * cols - d))
+    hp, wp = h + 2 * margin, w + 2 * margin
+    tiles = padded.reshape(b, c, rows, cols, hp, wp).permute(0, 1, 2, 4, 3, 5)
+    return tiles.reshape(b, c, rows * hp, cols * wp), cols
+
+
+def volume_sampler(volume: torch.Tensor, padding: Padding = "zeros", mode: str = "bilinear"
+                   ) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``grid -> F.grid_sample(volume, grid, mode, padding, align_corners=True)`` for a 5-D
+    ``volume`` sampled many times (e.g. slab by slab).
+
+    On the CPU, without gradients, trilinear sampling runs as two bilinear samples of the
+    slices tiled once into a 2-D mosaic (the two slices around each point's depth, blended
+    linearly): PyTorch's 2-D CPU kernel is vectorised, its 3-D one is not. Same values within
+    float rounding of the sample position (~2e-4 voxel, :data:`MOSAIC_MAX_SIDE`); zero padding
+    is exact per corner (a zero margin around every tile), border padding clamps as in 3-D.
+    It pays where many channels are read at many points: the written 1 mm inverse warp samples
+    the 12 channels of a model-grid field and its gradient 1.4x faster (2.27 -> 1.59 s); for the
+    network's 8-channel feature warps the tiling copy costs more than it saves (0.16 -> 0.26 s),
+    so :func:`warp_gridsample` keeps ``grid_sample``.
+    """
+    b, c, d, h, w = volume.shape
+    margin = 1 if padding == "zeros" else 0
+    cols = math.ceil(math.sqrt(d))
+    side = max(math.ceil(d / cols) * (h + 2 * margin), cols * (w + 2 * margin))
+
+    def plain(grid: torch.Tensor) -> torch.Tensor:
+        return F.grid_sample(volume, grid, mode=mode, padding_mode=padding, align_corners=True)
+
+    if (mode != "bilinear" or volume.device.type != "cpu" or d < 2 or side > MOSAIC_MAX_SIDE
+            or (torch.is_grad_enabled() and volume.requires_grad)):
+        return plain
+    image, cols = _mosaic(volume.float(), margin)
+    scale_y, scale_x = 2.0 / (image.shape[2] - 1), 2.0 / (image.shape[3] - 1)
+    tile_y, tile_x = (h + 2 * margin) * scale_y, (w + 2 * margin) * scale_x
+
+    def mosaic(grid: torch.Tensor) -> torch.Tensor:
+        if torch.is_grad_enabled() and grid.requires_grad:
+            return plain(grid)
+        grid = grid.float()
+        out_shape = grid.shape[1:4]
+        x = (grid[..., 0] + 1.0) * (0.5 * (w - 1))
+        y = (grid[..., 1] + 1.0) * (0.5 * (h - 1))
+        z = (grid[..., 2] + 1.0) * (0.5 * (d - 1))
+        if padding == "border":
+            x, y, z = x.clamp(0.0, w - 1.0), y.clamp(0.0, h - 1.0), z.clamp(0.0, d - 1.0)
+            lower = z.floor().clamp_(max=d - 2.0)
+        else:  # past the margin both corners are outside: 0 either way
+            x, y, lower = x.clamp(-1.0, float(w)), y.clamp(-1.0, float(h)), z.floor()
+        upper_weight = z - lower
+        x, y = x * scale_x + (margin * scale_x - 1.0), y * scale_y + (margin * scale_y - 1.0)
+        out = None
+        for corner, weight in ((lower, 1.0 - upper_weight), (lower + 1.0, upper_weight)):
+            if padding == "zeros":
+                weight = weight * ((corner >= 0) & (corner <= d - 1))
+                corner = corner.clamp(0.0, d - 1.0)
+            tile_row = torch.div(corner, cols, rounding_mode="floor")
+            grid2d = torch.stack([(corner - tile_row * cols) * tile_x + x, tile_row * tile_y + y], dim=-1)
+            part = F.grid_sample(image, grid2d.reshape(b, -1, out_shape[2], 2), mode="bilinear",
+                                 padding_mode=padding, align_corners=True).view(b, c, *out_shape)
+            part = part * weight.unsqueeze(1)
+            out = part if out is None else out.add_(part)
+        return out
+
+    return mosaic
+
+
+def grid_sample_3d(volume: torch.Tensor, grid: torch.Tensor, mode: str = "bilinear", padding: Padding = "zeros"
+                   ) -> torch.Tensor:
+    """``F.grid_sample(volume, grid, mode, padding, align_corners=True)`` for 5-D ``volume``,
+    through :func:`volume_sampler` (one call; build the sampler once to sample a volume often)."""
+    return volume_sampler(volume, padding, mode)(grid)
+
+
+def normalised_grid(displacement: torch.Tensor, size_in) -> torch.Tensor:
     """Voxel displacement -> grid_sample grid ``(B, *S_out, 3)`` in (x=W, y=H, z=D) order."""
     coords = identity_grid(tuple(displacement.shape[2:]), device=displacement.device) + displacement
     norm = [2.0 * coords[:, k] / max(size_in[k] - 1, 1) - 1.0 for k in range(3)]
@@ -93,7 +180,7 @@ def warp_gridsample(
 
     ``mode="nearest"`` gives nearest-neighbour sampling for label maps.
     """
-    grid = _normalised_grid(displacement.float(), volume.shape[2:])
+    grid = normalised_grid(displacement.float(), volume.shape[2:])
     out = F.grid_sample(volume.float(), grid, mode=mode, padding_mode=padding, align_corners=True)
     return out.to(volume.dtype)
 

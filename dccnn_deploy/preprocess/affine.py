@@ -35,7 +35,7 @@ from dccnn_deploy.metrics import ncc
 from dccnn_deploy.io.image import voxel_spacing
 from dccnn_deploy.ops.smoothing import gaussian_smooth
 from dccnn_deploy.ops.warp import identity_grid
-from dccnn_deploy.preprocess.brain_mask import TISSUE_LEVEL, has_skull, template_brain_mask
+from dccnn_deploy.preprocess.brain_mask import TISSUE_LEVEL, has_skull, template_in_image_space
 from dccnn_deploy.preprocess.grid import (
     Grid,
     apply_affine,
@@ -81,6 +81,7 @@ class AffineResult:
     stripped: tuple[str, ...] = field(default_factory=tuple)
     overlap: float = float("nan")
     brain_mask: tuple[np.ndarray, np.ndarray] | None = None
+    template_head: np.ndarray | None = None  # the template head on brain_mask's voxels (same fit)
 
 
 @dataclass
@@ -372,13 +373,13 @@ def register_affine(
         fixed_vol = _prepare(fixed, fixed_affine, min(levels))
         content = tuple("head" if has_skull(v.data[0, 0].numpy(), v.affine) else "brain" for v in (moving_vol, fixed_vol))
         stripped: tuple[str, ...] = ()
-        brain_mask = None
+        brain_mask = template_head = None
         if skull == "auto" and content[0] != content[1]:
             if content[0] == "head":
-                (moving_vol, mask), stripped = _strip_skull(moving_vol), ("moving",)
+                (moving_vol, mask, template_head), stripped = _strip_skull(moving_vol), ("moving",)
                 brain_mask = (mask, moving_vol.affine)
             else:
-                (fixed_vol, mask), stripped = _strip_skull(fixed_vol), ("fixed",)
+                (fixed_vol, mask, template_head), stripped = _strip_skull(fixed_vol), ("fixed",)
                 brain_mask = (mask, fixed_vol.affine)
         name = "ncc" if cost == "ncc" else "mi"
         params, level, total = _align(moving_vol, fixed_vol, levels, iterations, dof, name, progress, max_points, patience)
@@ -393,6 +394,7 @@ def register_affine(
             matrix=matrix, similarity_before=ncc_before, similarity_after=ncc_after, iterations=total,
             seconds=time.perf_counter() - start, cost=name, mi_before=mi_before, mi_after=mi_after,
             content=content, stripped=stripped, overlap=overlap, brain_mask=brain_mask,
+            template_head=template_head,
         )
     finally:
         torch.set_num_threads(previous)
@@ -438,8 +440,9 @@ def _template_to(template: np.ndarray, template_affine: np.ndarray, image: np.nd
     return matrix.numpy().copy()
 
 
-def _strip_skull(volume: _Volume) -> tuple[_Volume, np.ndarray]:
-    """``volume`` times its template brain mask, renormalised to [0, 1], and that mask."""
+def _strip_skull(volume: _Volume) -> tuple[_Volume, np.ndarray, np.ndarray]:
+    """``volume`` times its template brain mask, renormalised to [0, 1], that mask and the
+    template head fitted to ``volume`` (both on its voxels)."""
     image = volume.data[0, 0].numpy()
-    mask = template_brain_mask(image, volume.affine, _template_to)
-    return _describe(normalise_intensity(image * mask), volume.affine), mask
+    mask, head = template_in_image_space(image, volume.affine, _template_to)
+    return _describe(normalise_intensity(image * mask), volume.affine), mask, head

@@ -59,6 +59,15 @@ def template_brain_mask(normalised: np.ndarray, affine: np.ndarray, register: Re
     ``register(template, template_affine, image, image_affine)`` returns the image world ->
     template world matrix; the template's brain mask is sampled through it (trilinear).
     """
+    return template_in_image_space(normalised, affine, register)[0]
+
+
+def template_in_image_space(normalised: np.ndarray, affine: np.ndarray, register: Register
+                            ) -> tuple[np.ndarray, np.ndarray]:
+    """The template's brain fraction and head ``[0, 1]`` (float32, the image's shape) carried onto a
+    head image through ``register`` (see :func:`template_brain_mask`)."""
     head, mask, template_affine = load_template()
     matrix = register(head, template_affine, normalised, affine)
-    return resample_to_grid(mask, template_affine, Grid(normalised.shape, affine), matrix)
+    grid = Grid(normalised.shape, affine)
+    return (resample_to_grid(mask, template_affine, grid, matrix),
+            resample_to_grid(head, template_affine, grid, matrix))

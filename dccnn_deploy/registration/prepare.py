@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
@@ -60,15 +60,44 @@ def prepare_pair(moving: Volume, fixed: Volume, matrix: np.ndarray, settings: Pr
     )
 
 
+#: ``register(moving_g, fixed_g) -> forward`` voxel displacement ``(1, 3, *grid)`` on the model grid
+GridRegister = Callable[[np.ndarray, np.ndarray], "torch.Tensor"]
+
+
+def moving_on_grid(moving: Volume, prepared: PreparedPair, settings: PreprocessSettings,
+                   value_map: Callable[[np.ndarray], np.ndarray] | None = None) -> np.ndarray:
+    """``prepared.moving_g`` made again from ``moving`` with ``value_map`` applied to its normalised
+    intensities at their own resolution, before resampling (e.g. a contrast map)."""
+    moving_n = normalise_intensity(moving.data, lower=settings.lower_percentile, upper=settings.upper_percentile)
+    if value_map is not None:
+        moving_n = value_map(moving_n)
+    return resample_to_grid(moving_n, moving.affine, prepared.grid, world_transform=prepared.matrix)
+
+
 def strip_for_network(prepared: PreparedPair, side: str, brain_mask: tuple[np.ndarray, np.ndarray],
-                      settings: PreprocessSettings) -> PreparedPair:
+                      settings: PreprocessSettings, template_head: np.ndarray | None = None,
+                      register: GridRegister | None = None) -> PreparedPair:
     """``prepared`` with the ``side`` (``"moving"`` / ``"fixed"``) image, a head matched against a
     brain, multiplied by its brain mask (brain fraction, its voxel -> world affine: the affine
     stage's template mask) on the model grid and normalised again, so that the network sees two
-    brains. The written images keep the head; only the network's (and refine's) input changes."""
+    brains. The written images keep the head; only the network's (and refine's) input changes.
+
+    With ``template_head`` (the template head on the mask's voxels, the same affine fit) and
+    ``register``, the mask follows the template head deformed onto the head (a head-to-head
+    registration on the model grid): the outline of this brain, not of an affinely fitted one."""
     mask, mask_affine = brain_mask
     transform = prepared.matrix if side == "moving" else None
     on_grid = resample_to_grid(np.asarray(mask, dtype=np.float32), mask_affine, prepared.grid, world_transform=transform)
-    image = getattr(prepared, f"{side}_g") * on_grid
-    brain = normalise_intensity(image, lower=settings.lower_percentile, upper=settings.upper_percentile)
+    head = getattr(prepared, f"{side}_g")
+    if template_head is not None and register is not None:
+        import torch
+
+        from dccnn_deploy.ops.warp import warp_gridsample
+
+        template_g = resample_to_grid(np.asarray(template_head, dtype=np.float32), mask_affine, prepared.grid,
+                                      world_transform=transform)
+        template_g = normalise_intensity(template_g, lower=settings.lower_percentile, upper=settings.upper_percentile)
+        forward = register(template_g, head)
+        on_grid = warp_gridsample(torch.from_numpy(on_grid)[None, None], forward, padding="zeros")[0, 0].numpy()
+    brain = normalise_intensity(head * on_grid, lower=settings.lower_percentile, upper=settings.upper_percentile)
     return replace(prepared, **{f"{side}_g": brain})
