@@ -17,7 +17,8 @@ Cases (from ../shared/data/fetch_brains.sh):
   skull), ``+contrast`` paints the fixed image with its own random contrast (e.g. T2 -> T1),
   ``+invert`` inverts the moving image's intensities inside the brain (a T2-like image).
 * ``colinhead_icbm`` / ``icbmhead_colin``: a real head with skull (Colin27 / ICBM 2009c) -> the
-  other's skull-stripped brain; ``colin_icbmhead``: the reverse (Colin27 brain -> ICBM head);
+  other's skull-stripped brain; ``colin_icbmhead`` / ``icbm_colinhead``: the reverse (a brain ->
+  the other's head);
   ``icbm_colin``: ICBM brain -> Colin27 brain (the same-content partner of ``icbm*_colin``); ``icbmt2_colin`` / ``colin_icbmt2``: ICBM 2009c T2 brain <-> Colin27
   T1 brain: brain-mask Dice.
 ``--refine`` takes a list (``0,60,fast``): our pipeline runs once per value (0 = network only).
@@ -174,6 +175,8 @@ def real_cases(brains: Path, work: Path) -> list[dict]:
                    icbm / "mni_icbm152_t1_tal_nlin_sym_09c.nii", icbm_mask),
         brain_mask("icbm_colin", icbm / "mni_icbm152_t1bet_tal_nlin_sym_09c.nii", icbm_mask,
                    brains / "mricron/ch2bet.nii.gz", colin_mask),
+        brain_mask("icbm_colinhead", icbm / "mni_icbm152_t1bet_tal_nlin_sym_09c.nii", icbm_mask,
+                   brains / "mricron/ch2.nii.gz", colin_mask),
         brain_mask("icbmt2_colin", icbm / "mni_icbm152_t2bet_tal_nlin_sym_09c.nii", icbm_mask,
                    brains / "mricron/ch2bet.nii.gz", colin_mask),
         brain_mask("colin_icbmt2", brains / "mricron/ch2bet.nii.gz", colin_mask,

@@ -260,3 +260,29 @@ def test_real_cross_anatomy_pairs_keep_the_brain_masks_aligned(moving_rel, fixed
     dice = foreground_overlap(mask_of(moving_rel), moving.affine, mask_of(fixed_rel), fixed.affine, result.matrix)
     assert dice > 0.9, dice  # a head squashed into the brain: < 0.8
     assert result_warnings(result) == []
+
+
+def test_starts_optimised_as_one_batch_match_separate_runs():
+    from dccnn_deploy.preprocess.affine import _describe, _initial_rotations, _Level, _optimise, parameters_to_matrix
+
+    head, _, affine = load_template()
+    volume = _describe(head, affine)
+    level = _Level(volume, volume, 8.0, 5000, "mi")
+    centres = (torch.as_tensor(volume.centre), torch.as_tensor(volume.centre))
+    starts = torch.stack(_initial_rotations(20.0))[:3] + 2.0  # off the optimum: every start moves
+    batch = starts.clone().requires_grad_(True)
+    values = level.similarity(parameters_to_matrix(batch, *centres))
+    (grads,) = torch.autograd.grad(values.sum(), batch)
+    values = values.detach()
+    for k in range(3):  # one sampling call for all starts = each start alone (float32 sums)
+        one = starts[k].clone().requires_grad_(True)
+        value = level.similarity(parameters_to_matrix(one, *centres))
+        (grad,) = torch.autograd.grad(value, one)
+        assert abs(float(values[k]) - float(value.detach())) < 1e-5
+        assert torch.allclose(grads[k], grad, atol=2e-3 * float(grad.abs().max()), rtol=0)
+    params, best = _optimise(level, starts, centres, 6, 1.2, None)
+    assert params.shape == (3, 12) and best.shape == (3,)
+    for k in range(3):
+        alone, value = _optimise(level, starts[k : k + 1], centres, 6, 1.2, None)
+        assert torch.allclose(params[k], alone[0], atol=0.05)  # Adam amplifies the float32 noise a little
+        assert abs(float(best[k]) - float(value[0])) < 1e-3 and float(best[k]) > float(values[k])

@@ -162,38 +162,42 @@ def _level_volume(volume: _Volume, spacing_mm: float) -> tuple[torch.Tensor, np.
 
 
 def rotation_matrix(rotvec: torch.Tensor) -> torch.Tensor:
-    """3x3 rotation of a rotation vector ``(3,)`` (axis * angle, rad); differentiable."""
-    zero = rotvec.new_zeros(())
-    x, y, z = rotvec
+    """3x3 rotation of a rotation vector ``(..., 3)`` (axis * angle, rad) -> ``(..., 3, 3)``;
+    differentiable."""
+    x, y, z = rotvec.unbind(-1)
+    zero = torch.zeros_like(x)
     skew = torch.stack(
-        [torch.stack([zero, -z, y]), torch.stack([z, zero, -x]), torch.stack([-y, x, zero])]
+        [torch.stack([zero, -z, y], -1), torch.stack([z, zero, -x], -1), torch.stack([-y, x, zero], -1)], -2
     )
     return torch.linalg.matrix_exp(skew)
 
 
 def parameters_to_matrix(params: torch.Tensor, centre_fixed: torch.Tensor, centre_moving: torch.Tensor) -> torch.Tensor:
-    """4x4 world map ``x -> L (x - c_f) + c_m + t`` of 12 parameters (float64, differentiable).
+    """4x4 world map ``x -> L (x - c_f) + c_m + t`` of 12 parameters (float64, differentiable);
+    ``params`` ``(..., 12)`` -> ``(..., 4, 4)`` (a batch of candidates at once).
 
     ``params``: translation (mm), rotation vector, log-scales, shears (xy, xz, yz); the last nine
     in mm at ``_RADIUS_MM`` (divided by it here) so that one Adam step size suits them all.
     ``L = R @ diag(exp(log_scales)) @ shear`` (shear upper triangular, unit diagonal).
     """
-    t, r, s, h = params[:3], params[3:6] / _RADIUS_MM, params[6:9] / _RADIUS_MM, params[9:] / _RADIUS_MM
-    one, zero = params.new_ones(()), params.new_zeros(())
-    shear = torch.stack(
-        [torch.stack([one, h[0], h[1]]), torch.stack([zero, one, h[2]]), torch.stack([zero, zero, one])]
-    )
-    linear = rotation_matrix(r) @ torch.diag(torch.exp(s)) @ shear
-    top = torch.cat([linear, (centre_moving + t - linear @ centre_fixed)[:, None]], dim=1)
-    return torch.cat([top, params.new_tensor([[0.0, 0.0, 0.0, 1.0]])], dim=0)
+    t, r = params[..., :3], params[..., 3:6] / _RADIUS_MM
+    s, h = params[..., 6:9] / _RADIUS_MM, params[..., 9:] / _RADIUS_MM
+    one, zero = torch.ones_like(h[..., 0]), torch.zeros_like(h[..., 0])
+    shear = torch.stack([torch.stack([one, h[..., 0], h[..., 1]], -1), torch.stack([zero, one, h[..., 2]], -1),
+                         torch.stack([zero, zero, one], -1)], -2)
+    linear = rotation_matrix(r) @ torch.diag_embed(torch.exp(s)) @ shear
+    offset = centre_moving + t - (linear @ centre_fixed.to(linear.dtype).unsqueeze(-1)).squeeze(-1)
+    top = torch.cat([linear, offset.unsqueeze(-1)], dim=-1)
+    bottom = params.new_tensor([0.0, 0.0, 0.0, 1.0]).expand(*params.shape[:-1], 1, 4)
+    return torch.cat([top, bottom], dim=-2)
 
 
 def _ncc(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Global NCC of two tensors of equal shape (scalar): the differentiable twin of
+    """Global NCC along the last axis (``(..., N)`` -> ``(...)``): the differentiable twin of
     :func:`dccnn_deploy.metrics.ncc`."""
-    a = a - a.mean()
-    b = b - b.mean()
-    return (a * b).sum() / torch.sqrt((a * a).sum() * (b * b).sum() + 1e-12)
+    a = a - a.mean(-1, keepdim=True)
+    b = b - b.mean(-1, keepdim=True)
+    return (a * b).sum(-1) / torch.sqrt((a * a).sum(-1) * (b * b).sum(-1) + 1e-12)
 
 
 class _Level:
@@ -224,12 +228,14 @@ class _Level:
 
     def similarity(self, matrix: torch.Tensor) -> torch.Tensor:
         """The cost's similarity (NCC or MI) of the moving image at ``matrix @ x`` and the fixed
-        image at the optimisation points ``x``; differentiable in ``matrix``."""
+        image at the optimisation points ``x``; differentiable in ``matrix``. ``matrix``
+        ``(4, 4)`` -> scalar, or a batch ``(K, 4, 4)`` -> ``(K,)`` (one sampling call for all)."""
         world_to_voxel = (self._world_to_moving @ matrix).float()
-        coords = self.points @ world_to_voxel[:3, :3].T + world_to_voxel[:3, 3]
-        values = sample_points(self.moving, coords)[0, 0]
+        coords = self.points @ world_to_voxel[..., :3, :3].transpose(-1, -2) + world_to_voxel[..., None, :3, 3]
+        values = sample_points(self.moving, coords.reshape(-1, 3))[0, 0].reshape(coords.shape[:-1])
         if self._fixed_weights is not None:
-            return mutual_information_from_weights(self._fixed_weights, parzen_weights(values))
+            moving_weights = parzen_weights(values.reshape(-1)).reshape(*values.shape, -1)
+            return mutual_information_from_weights(self._fixed_weights, moving_weights)
         return _ncc(values, self.fixed_points)
 
     def full_similarity(self, matrix: np.ndarray) -> tuple[float, float, float]:
@@ -250,7 +256,7 @@ class _Level:
 class _Adam:
     """Adam on one parameter vector with the step size given per call (bias-corrected)."""
 
-    def __init__(self, size: int, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8):
+    def __init__(self, size: int | tuple[int, ...], betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8):
         self.m = torch.zeros(size, dtype=torch.float64)
         self.v = torch.zeros(size, dtype=torch.float64)
         self.betas, self.eps, self.t = betas, eps, 0
@@ -273,23 +279,28 @@ def _optimise(
     lr: float,
     mask: torch.Tensor | None,
     patience: int = 0,
-) -> tuple[torch.Tensor, float]:
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Adam on ``-similarity`` with a cosine-decayed step; ``mask`` zeroes the frozen
-    parameters' steps. ``patience > 0``: stop once the best similarity has not risen by
-    ``1e-4`` (relative) for that many steps. Returns the best parameters seen (the cost is
-    deterministic on the fixed point subset, and an early stop leaves Adam mid-oscillation)
-    and the similarity at them (optimisation points)."""
+    parameters' steps. ``params`` ``(K, 12)``: K independent starts optimised together (one
+    sampling call a step). ``patience > 0``: stop once the best similarity (the best start's)
+    has not risen by ``1e-4`` (relative) for that many steps. Returns each start's best
+    parameters seen (the cost is deterministic on the fixed point subset, and an early stop
+    leaves Adam mid-oscillation) ``(K, 12)`` and the similarity there ``(K,)`` (optimisation
+    points)."""
     params = params.detach().clone().requires_grad_(True)
-    adam = _Adam(params.numel())
-    best, best_at, best_params, rising = -math.inf, 0, params.detach().clone(), -math.inf
+    adam = _Adam(params.shape)
+    best = torch.full(params.shape[:1], -math.inf, dtype=torch.float64)
+    best_params, best_at, rising = params.detach().clone(), 0, -math.inf
     for i in range(iterations):
         value = level.similarity(parameters_to_matrix(params, *centres))
-        (grad,) = torch.autograd.grad(-value, params)
-        current = float(value.detach())
-        if current > best:
-            best, best_params = current, params.detach().clone()
-        if current > rising + 1e-4 * abs(rising):
-            rising, best_at = current, i
+        (grad,) = torch.autograd.grad(-value.sum(), params)
+        current = value.detach().double()
+        better = current > best
+        best = torch.where(better, current, best)
+        best_params[better] = params.detach()[better]
+        top = float(current.max())
+        if top > rising + 1e-4 * abs(rising):
+            rising, best_at = top, i
         elif patience and i - best_at >= patience:
             break
         if mask is not None:
@@ -298,10 +309,9 @@ def _optimise(
         with torch.no_grad():
             adam.step(params, grad, lr * (0.1 + 0.45 * (1.0 + math.cos(math.pi * i / iterations))))
     with torch.no_grad():
-        final = float(level.similarity(parameters_to_matrix(params, *centres)))
-    if final >= best:
-        return params.detach(), final
-    return best_params, best
+        final = level.similarity(parameters_to_matrix(params, *centres)).double()
+    better = final >= best
+    return torch.where(better[:, None], params.detach(), best_params), torch.where(better, final, best)
 
 
 def _initial_rotations(degrees: float) -> list[torch.Tensor]:
@@ -321,9 +331,9 @@ def _coarse_search(
 ) -> torch.Tensor:
     """Coarsest level: short rigid runs from a few rotations; the best one goes on for ``steps``."""
     trial = max(5, steps // 4)
-    candidates = [_optimise(level, p, centres, trial, lr, _RIGID) for p in _initial_rotations(_START_DEGREES)]
-    params = max(candidates, key=lambda c: c[1])[0]
-    return _optimise(level, params, centres, steps, lr, mask, patience)[0]
+    starts, values = _optimise(level, torch.stack(_initial_rotations(_START_DEGREES)), centres, trial, lr, _RIGID)
+    params = starts[int(torch.argmax(values))][None]
+    return _optimise(level, params, centres, steps, lr, mask, patience)[0][0]
 
 
 def register_affine(
@@ -424,7 +434,7 @@ def _align(
         if index == 0:
             params = _coarse_search(level, centres, steps, lr, rigid_mask, patience)
         else:
-            params, _ = _optimise(level, params, centres, steps, lr, rigid_mask, patience)
+            params = _optimise(level, params[None], centres, steps, lr, rigid_mask, patience)[0][0]
         total += level.iterations
     return params, level, total
 

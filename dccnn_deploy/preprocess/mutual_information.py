@@ -40,13 +40,14 @@ def parzen_weights(values: torch.Tensor, bins: int = BINS) -> torch.Tensor:
 
 
 def mutual_information_from_weights(fixed_weights: torch.Tensor, moving_weights: torch.Tensor) -> torch.Tensor:
-    """MI (nats, scalar) of the joint histogram ``fixed_weights.T @ moving_weights``."""
+    """MI (nats) of the joint histogram ``fixed_weights.T @ moving_weights``: a scalar, or
+    ``(K,)`` for a batch of moving weights ``(K, N, bins)`` against one fixed ``(N, bins)``."""
     joint = fixed_weights.T @ moving_weights
-    joint = joint / joint.sum().clamp(min=_EPS)
-    p_fixed = joint.sum(dim=1, keepdim=True)
-    p_moving = joint.sum(dim=0, keepdim=True)
+    joint = joint / joint.sum(dim=(-2, -1), keepdim=True).clamp(min=_EPS)
+    p_fixed = joint.sum(dim=-1, keepdim=True)
+    p_moving = joint.sum(dim=-2, keepdim=True)
     ratio = (joint + _EPS) / (p_fixed * p_moving + _EPS)
-    return (joint * torch.log(ratio)).sum()
+    return (joint * torch.log(ratio)).sum(dim=(-2, -1))
 
 
 def mattes_mi(fixed: torch.Tensor, moving: torch.Tensor, bins: int = BINS) -> torch.Tensor:

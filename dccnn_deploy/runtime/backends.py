@@ -150,9 +150,10 @@ class TorchBackend:
     def _fixed_features(self, fixed: np.ndarray, f) -> list:
         """The fixed image's feature pyramid, computed once for consecutive runs with an equal
         fixed image (the passes of a cascade, a batch against one template)."""
-        if self._fixed is None or not np.array_equal(self._fixed[0], fixed):
-            self._fixed = (fixed.copy(), self.model.features(f))
-        return self._fixed[1]
+        cached = self._fixed  # one read: another thread may replace it meanwhile
+        if cached is None or not np.array_equal(cached[0], fixed):
+            cached = self._fixed = (fixed.copy(), self.model.features(f))
+        return cached[1]
 
     def run(self, moving: np.ndarray, fixed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         torch = self._torch
