@@ -47,10 +47,12 @@ def test_pipeline_maps_only_different_contrasts_and_then_runs_all_passes():
     network = types.SimpleNamespace(settings=types.SimpleNamespace(inference_passes=5))
     options = types.SimpleNamespace(passes=None)
 
-    same, info = _network_input(types.SimpleNamespace(moving_g=other_t1, fixed_g=t1))
+    same, info, fitted = _network_input(types.SimpleNamespace(moving_g=other_t1, fixed_g=t1))
+    assert fitted is None
     assert same is other_t1 and not info["mapped"] and _passes(options, network, info) == 5
 
-    mapped, info = _network_input(types.SimpleNamespace(moving_g=t2, fixed_g=t1))
+    mapped, info, fitted = _network_input(types.SimpleNamespace(moving_g=t2, fixed_g=t1))
+    assert fitted.kind.startswith("rank") and np.array_equal(fitted(t2), mapped)
     assert info["mapped"] and info["agreement"] < SAME_CONTRAST_MIN_CORRELATION <= info["agreement_after"]
     assert _passes(options, network, info) == 5
     assert _passes(options, network, {"agreement": -0.5, "mapped": True, "agreement_after": 0.5}) == 1

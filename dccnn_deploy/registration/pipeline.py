@@ -29,6 +29,7 @@ from dccnn_deploy import __version__
 from dccnn_deploy.io import InputError, Volume, check_outputs_free
 from dccnn_deploy.models import resolve_backend
 from dccnn_deploy.preprocess.affine import register_affine
+from dccnn_deploy.preprocess.intensity import normalise_intensity
 from dccnn_deploy.preprocess.settings import DEFAULT_GRID, DEFAULT_SPACING_MM, PreprocessSettings
 from dccnn_deploy.registration.inputs import ImageLike, to_volume
 from dccnn_deploy.registration.outputs import output_files, select_outputs
@@ -120,14 +121,39 @@ def _network_fields(network: Network | None, moving_g, fixed_g, passes: int = 1)
     return run_passes(network.backend.run, moving_g, fixed_g, passes)
 
 
+def _affine_record(aff) -> dict:
+    """What report.json says of an affine stage (:class:`~dccnn_deploy.preprocess.affine.AffineResult`)."""
+    return {
+        "ncc_before": aff.similarity_before,
+        "ncc_after": aff.similarity_after,
+        "iterations": aff.iterations,
+        "cost": aff.cost, "mi_before": aff.mi_before, "mi_after": aff.mi_after, "overlap": aff.overlap,
+        "content": list(aff.content), "stripped": list(aff.stripped),
+    }
+
+
+def _refit_affine(moving: Volume, fixed: Volume, contrast_map, settings: PreprocessSettings):
+    """The affine stage run again with the moving image in the fixed image's contrast (a rank map:
+    the pair then has one contrast), the pair prepared again and the network's moving input:
+    ``(AffineResult, PreparedPair, moving_g mapped)``. MI aligns an inverted or T2 image less well
+    than the same anatomy in one contrast (donor pairs: 3.8-4.0 mm from the same-content affine at
+    the corners of a brain box, 1.4-2.5 mm after the refit; docs/benchmarks.md)."""
+    lo, hi = settings.lower_percentile, settings.upper_percentile
+    mapped = contrast_map(normalise_intensity(moving.data, lower=lo, upper=hi))
+    aff = register_affine(mapped, moving.affine, fixed.data, fixed.affine)
+    prepared = prepare_pair(moving, fixed, aff.matrix, settings)
+    return aff, prepared, moving_on_grid(moving, prepared, settings, contrast_map)
+
+
 def _network_input(prepared: PreparedPair, moving: Volume | None = None,
-                   settings: PreprocessSettings | None = None) -> tuple[np.ndarray, dict]:
+                   settings: PreprocessSettings | None = None) -> tuple[np.ndarray, dict, object]:
     """The moving image the network (and refine) sees, and what was done to it: when the two
     contrasts differ (:func:`~dccnn_deploy.similarity.contrast_agreement` below
     :data:`~dccnn_deploy.similarity.SAME_CONTRAST_MIN_CORRELATION`), the moving image mapped into
     the fixed image's contrast (:func:`~dccnn_deploy.preprocess.contrast_map.fit_contrast_map`),
     at its own resolution before resampling when ``moving`` (the image ``prepared.moving_g`` was
-    made from) and ``settings`` are given."""
+    made from) and ``settings`` are given. Third: the fitted
+    :class:`~dccnn_deploy.preprocess.contrast_map.ContrastMap`, or None when nothing was mapped."""
     from dccnn_deploy.preprocess.contrast_map import fit_contrast_map
     from dccnn_deploy.similarity import SAME_CONTRAST_MIN_CORRELATION, contrast_agreement
 
@@ -135,14 +161,14 @@ def _network_input(prepared: PreparedPair, moving: Volume | None = None,
     agreement = contrast_agreement(torch.from_numpy(prepared.moving_g), fixed)
     info = {"agreement": round(agreement, 4), "mapped": False}
     if agreement >= SAME_CONTRAST_MIN_CORRELATION:
-        return prepared.moving_g, info
+        return prepared.moving_g, info, None
     fitted = fit_contrast_map(prepared.moving_g, prepared.fixed_g)
     if moving is not None and settings is not None:
         mapped = moving_on_grid(moving, prepared, settings, fitted)
     else:
         mapped = fitted(prepared.moving_g)
     info.update(mapped=True, map=fitted.kind, agreement_after=round(contrast_agreement(torch.from_numpy(mapped), fixed), 4))
-    return mapped, info
+    return mapped, info, fitted
 
 
 def _passes(opts: RegisterOptions, network: Network | None, contrast: dict, preset: int | None = None) -> int:
@@ -236,13 +262,7 @@ def run(moving: ImageLike, fixed: ImageLike, opts: RegisterOptions | None = None
     say("affine pre-alignment")
     if opts.affine:
         aff = stages.run("affine", register_affine, moving_v.data, moving_v.affine, fixed_v.data, fixed_v.affine)
-        matrix, affine_info = aff.matrix, {
-            "ncc_before": aff.similarity_before,
-            "ncc_after": aff.similarity_after,
-            "iterations": aff.iterations,
-            "cost": aff.cost, "mi_before": aff.mi_before, "mi_after": aff.mi_after, "overlap": aff.overlap,
-            "content": list(aff.content), "stripped": list(aff.stripped),
-        }
+        matrix, affine_info = aff.matrix, _affine_record(aff)
     else:
         matrix, affine_info = np.eye(4), {"skipped": True}
 
@@ -256,7 +276,13 @@ def run(moving: ImageLike, fixed: ImageLike, opts: RegisterOptions | None = None
         network_pair = stages.run("strip", strip_for_network, prepared, aff.stripped[0], aff.brain_mask, settings,
                                   aff.template_head, head_to_head)
     native = network_pair.moving_g is prepared.moving_g  # a stripped head is mapped on the grid
-    moving_in, contrast = stages.run("contrast", _network_input, network_pair, moving_v if native else None, settings)
+    moving_in, contrast, contrast_map = stages.run(
+        "contrast", _network_input, network_pair, moving_v if native else None, settings)
+    if opts.affine and network_pair is prepared and contrast_map is not None and contrast_map.kind.startswith("rank"):
+        say("affine pre-alignment again, on the contrast-mapped moving image")
+        aff, prepared, moving_in = stages.run("affine_refit", _refit_affine, moving_v, fixed_v, contrast_map, settings)
+        network_pair, matrix = prepared, aff.matrix
+        affine_info = {**_affine_record(aff), "refit_on_mapped_contrast": True}
     passes = _passes(opts, network, contrast, refine_cfg.passes)
     fwd, inv = stages.run("network", _network_fields, network, moving_in, network_pair.fixed_g, passes)
     refine_info = None
