@@ -29,11 +29,17 @@ from dccnn_deploy import __version__
 from dccnn_deploy.io import InputError, Volume, check_outputs_free
 from dccnn_deploy.models import resolve_backend
 from dccnn_deploy.preprocess.affine import register_affine
-from dccnn_deploy.preprocess.intensity import normalise_intensity
 from dccnn_deploy.preprocess.settings import DEFAULT_GRID, DEFAULT_SPACING_MM, PreprocessSettings
 from dccnn_deploy.registration.inputs import ImageLike, to_volume
 from dccnn_deploy.registration.outputs import output_files, select_outputs
-from dccnn_deploy.registration.prepare import PreparedPair, moving_on_grid, prepare_pair, strip_for_network
+from dccnn_deploy.registration.prepare import (
+    PreparedPair,
+    moving_on_grid,
+    normalised,
+    prepare_pair,
+    realigned,
+    strip_for_network,
+)
 from dccnn_deploy.registration.result import RegistrationResult
 from dccnn_deploy.registration.sanity_affine import overlap_warnings, similarity_warnings
 from dccnn_deploy.ops.invert import make_inverse_consistent
@@ -132,17 +138,17 @@ def _affine_record(aff) -> dict:
     }
 
 
-def _refit_affine(moving: Volume, fixed: Volume, contrast_map, settings: PreprocessSettings):
+def _refit_affine(moving: Volume, fixed: Volume, prepared: PreparedPair, contrast_map, settings: PreprocessSettings):
     """The affine stage run again with the moving image in the fixed image's contrast (a rank map:
-    the pair then has one contrast), the pair prepared again and the network's moving input:
+    the pair then has one contrast), the pair realigned by it and the network's moving input:
     ``(AffineResult, PreparedPair, moving_g mapped)``. MI aligns an inverted or T2 image less well
     than the same anatomy in one contrast (donor pairs: 3.8-4.0 mm from the same-content affine at
     the corners of a brain box, 1.4-2.5 mm after the refit; docs/benchmarks.md)."""
-    lo, hi = settings.lower_percentile, settings.upper_percentile
-    mapped = contrast_map(normalise_intensity(moving.data, lower=lo, upper=hi))
+    moving_n = normalised(moving.data, settings)
+    mapped = contrast_map(moving_n)
     aff = register_affine(mapped, moving.affine, fixed.data, fixed.affine)
-    prepared = prepare_pair(moving, fixed, aff.matrix, settings)
-    return aff, prepared, moving_on_grid(moving, prepared, settings, contrast_map)
+    prepared = realigned(prepared, moving_n, moving.affine, aff.matrix)
+    return aff, prepared, moving_on_grid(mapped, moving.affine, prepared)
 
 
 def _network_input(prepared: PreparedPair, moving: Volume | None = None,
@@ -164,7 +170,7 @@ def _network_input(prepared: PreparedPair, moving: Volume | None = None,
         return prepared.moving_g, info, None
     fitted = fit_contrast_map(prepared.moving_g, prepared.fixed_g)
     if moving is not None and settings is not None:
-        mapped = moving_on_grid(moving, prepared, settings, fitted)
+        mapped = moving_on_grid(fitted(normalised(moving.data, settings)), moving.affine, prepared)
     else:
         mapped = fitted(prepared.moving_g)
     info.update(mapped=True, map=fitted.kind, agreement_after=round(contrast_agreement(torch.from_numpy(mapped), fixed), 4))
@@ -280,7 +286,8 @@ def run(moving: ImageLike, fixed: ImageLike, opts: RegisterOptions | None = None
         "contrast", _network_input, network_pair, moving_v if native else None, settings)
     if opts.affine and network_pair is prepared and contrast_map is not None and contrast_map.kind.startswith("rank"):
         say("affine pre-alignment again, on the contrast-mapped moving image")
-        aff, prepared, moving_in = stages.run("affine_refit", _refit_affine, moving_v, fixed_v, contrast_map, settings)
+        aff, prepared, moving_in = stages.run("affine_refit", _refit_affine, moving_v, fixed_v, prepared, contrast_map,
+                                              settings)
         network_pair, matrix = prepared, aff.matrix
         affine_info = {**_affine_record(aff), "refit_on_mapped_contrast": True}
     passes = _passes(opts, network, contrast, refine_cfg.passes)

@@ -43,12 +43,16 @@ class PreparedPair:
         return warp_gridsample(torch.from_numpy(self.moving_g)[None, None], forward)[0, 0].numpy()
 
 
+def normalised(image: np.ndarray, settings: PreprocessSettings) -> np.ndarray:
+    """``image`` put on [0, 1] with ``settings``' percentiles (the network's input scale)."""
+    return normalise_intensity(image, lower=settings.lower_percentile, upper=settings.upper_percentile)
+
+
 def prepare_pair(moving: Volume, fixed: Volume, matrix: np.ndarray, settings: PreprocessSettings) -> PreparedPair:
     """Normalise each image once (``settings``' percentiles), place the RAS model grid
     (``settings``' shape and spacing) on the fixed image's foreground centre of mass and resample
     both onto it (the moving image through ``matrix``)."""
-    lo, hi = settings.lower_percentile, settings.upper_percentile
-    fixed_n, moving_n = normalise_intensity(fixed.data, lower=lo, upper=hi), normalise_intensity(moving.data, lower=lo, upper=hi)
+    fixed_n, moving_n = normalised(fixed.data, settings), normalised(moving.data, settings)
     centre = centre_of_mass(fixed_n * foreground_mask(fixed_n), fixed.affine)
     grid = model_grid(tuple(settings.grid_shape), settings.spacing_mm, centre)
     return PreparedPair(
@@ -60,18 +64,23 @@ def prepare_pair(moving: Volume, fixed: Volume, matrix: np.ndarray, settings: Pr
     )
 
 
+def moving_on_grid(image: np.ndarray, moving_affine: np.ndarray, prepared: PreparedPair) -> np.ndarray:
+    """A normalised image on the moving image's voxels (e.g. contrast-mapped at its own
+    resolution) resampled onto the model grid through ``prepared.matrix``, as ``moving_g`` was."""
+    return resample_to_grid(image, moving_affine, prepared.grid, world_transform=prepared.matrix)
+
+
+def realigned(prepared: PreparedPair, moving_n: np.ndarray, moving_affine: np.ndarray, matrix: np.ndarray
+              ) -> PreparedPair:
+    """``prepared`` with another affine ``matrix``: what :func:`prepare_pair` gives for it (the grid,
+    the fixed image and the unaligned moving image do not depend on it). ``moving_n``: the
+    normalised moving image (:func:`normalised`)."""
+    moved = replace(prepared, matrix=matrix)
+    return replace(moved, moving_g=moving_on_grid(moving_n, moving_affine, moved))
+
+
 #: ``register(moving_g, fixed_g) -> forward`` voxel displacement ``(1, 3, *grid)`` on the model grid
 GridRegister = Callable[[np.ndarray, np.ndarray], "torch.Tensor"]
-
-
-def moving_on_grid(moving: Volume, prepared: PreparedPair, settings: PreprocessSettings,
-                   value_map: Callable[[np.ndarray], np.ndarray] | None = None) -> np.ndarray:
-    """``prepared.moving_g`` made again from ``moving`` with ``value_map`` applied to its normalised
-    intensities at their own resolution, before resampling (e.g. a contrast map)."""
-    moving_n = normalise_intensity(moving.data, lower=settings.lower_percentile, upper=settings.upper_percentile)
-    if value_map is not None:
-        moving_n = value_map(moving_n)
-    return resample_to_grid(moving_n, moving.affine, prepared.grid, world_transform=prepared.matrix)
 
 
 def strip_for_network(prepared: PreparedPair, side: str, brain_mask: tuple[np.ndarray, np.ndarray],
@@ -96,8 +105,8 @@ def strip_for_network(prepared: PreparedPair, side: str, brain_mask: tuple[np.nd
 
         template_g = resample_to_grid(np.asarray(template_head, dtype=np.float32), mask_affine, prepared.grid,
                                       world_transform=transform)
-        template_g = normalise_intensity(template_g, lower=settings.lower_percentile, upper=settings.upper_percentile)
+        template_g = normalised(template_g, settings)
         forward = register(template_g, head)
         on_grid = warp_gridsample(torch.from_numpy(on_grid)[None, None], forward, padding="zeros")[0, 0].numpy()
-    brain = normalise_intensity(head * on_grid, lower=settings.lower_percentile, upper=settings.upper_percentile)
+    brain = normalised(head * on_grid, settings)
     return replace(prepared, **{f"{side}_g": brain})
