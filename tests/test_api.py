@@ -286,3 +286,21 @@ def test_checkpoint_normalisation_reaches_the_pipeline(study, tmp_path):
     default = dd.register(study["moving"], study["fixed"], model=study["model"], affine=False)
     clipped = dd.register(study["moving"], study["fixed"], model=tmp_path / "clipped.pt", affine=False)
     assert (clipped.prepared.fixed_g == 1.0).mean() > (default.prepared.fixed_g == 1.0).mean() + 0.05
+
+
+def test_default_registration_runs_the_forward_path_only_and_inverts_it_numerically(study, result):
+    from dccnn_deploy.ops.invert import inverse_residual
+
+    network = dd.open_model(study["model"])
+    seen, run = [], network.backend.run
+    network.backend.run = lambda m, f, inverse=True: seen.append(inverse) or run(m, f, inverse=inverse)
+    res = dd.register(study["moving"], study["fixed"], model=network,
+                      moving_labels=study["moving_labels"], fixed_labels=study["fixed_labels"])
+    assert seen and not any(seen)  # the network's inverse path was never run
+    assert np.array_equal(_data(res.moved), _data(result.moved))  # the forward map is the same
+    reg = res.transform
+    assert float(inverse_residual(reg.forward, reg.inverse).mean()) < 0.01  # voxels of the model grid
+    assert np.allclose(_data(res.inv_warp), _data(result.inv_warp), atol=0.05)
+    seen.clear()
+    dd.register(study["moving"], study["fixed"], model=network, refine=2)
+    assert seen and all(seen)  # refinement starts from both of the network's fields

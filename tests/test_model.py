@@ -94,28 +94,45 @@ def test_identical_images_give_symmetric_paths(small_config):
     assert torch.allclose(out.forward, out.inverse, atol=1e-6)
 
 
-def test_samplers_agree(small_config):
+@pytest.mark.parametrize("sampler, tolerance", [("gather", 1e-4), ("mosaic", 1e-3)])
+def test_samplers_agree(small_config, sampler, tolerance):
+    from dccnn_deploy.runtime.backends import cpu_inference_model
+
     torch.manual_seed(0)
     model = DCCNNLSTMReg(small_config).eval()
     x, y = torch.rand(1, 1, 16, 20, 12), torch.rand(1, 1, 16, 20, 12)
     with torch.no_grad():
-        a = model(x, y).forward
-        model.sampler = "gather"
-        b = model(x, y).forward
-    assert (a - b).abs().max() < 1e-4
+        a = model(x, y)
+        model.sampler = sampler
+        b = model(x, y)
+    assert (a.forward - b.forward).abs().max() < tolerance and (a.inverse - b.inverse).abs().max() < tolerance
+    assert cpu_inference_model(DCCNNLSTMReg(small_config)).sampler == "mosaic"  # the CPU backend's
     with pytest.raises(ValueError):
         model.sampler = "nearest"
 
 
-def test_precomputed_fixed_features_give_the_same_registration(small_config):
+def test_precomputed_fixed_features_and_the_forward_path_alone_give_the_same_registration(small_config):
+    import numpy as np
+
+    from dccnn_deploy.runtime.backends import TorchBackend
+
     torch.manual_seed(1)
     model = DCCNNLSTMReg(small_config).eval()
-    x, y = torch.rand(1, 1, 16, 20, 12), torch.rand(1, 1, 16, 20, 12)
+    x, y = torch.rand(2, 1, 16, 20, 12), torch.rand(2, 1, 16, 20, 12)
     with torch.no_grad():
         whole = model(x, y)
         split = model(x, y, fixed_features=model.features(y))
+        alone = model(x, y, inverse=False)  # the forward rows never read the inverse rows
+        alone_split = model(x, y, fixed_features=model.features(y), inverse=False)
     assert torch.allclose(whole.forward, split.forward, atol=1e-5)
     assert torch.allclose(whole.inverse, split.inverse, atol=1e-5)
+    assert alone.inverse is None and torch.allclose(whole.forward, alone.forward, atol=1e-6)
+    assert torch.allclose(whole.forward, alone_split.forward, atol=1e-5)
+    with pytest.raises(ValueError, match="both paths"):
+        model(x, y, trace=True, inverse=False)
+    backend = TorchBackend(model, precision="fp32")
+    fwd, inv = backend.run(x[0, 0].numpy(), y[0, 0].numpy(), inverse=False)
+    assert inv is None and np.allclose(fwd, backend.run(x[0, 0].numpy(), y[0, 0].numpy())[0], atol=1e-5)
 
 
 def test_torch_backend_reuses_fixed_features_only_for_an_equal_fixed_image(small_config, monkeypatch):

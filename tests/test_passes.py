@@ -14,13 +14,14 @@ def _blob(centre: float, shape=(24, 24, 24)) -> np.ndarray:
     return np.exp(-((idx - np.array(centre, dtype=np.float32).reshape(3, 1, 1, 1)) ** 2).sum(0) / 20.0).astype(np.float32)
 
 
-def _half_step_network(moving: np.ndarray, fixed: np.ndarray):
-    """A 'network' that recovers half of a pure translation between two blobs (by centroids)."""
+def _half_step_network(moving: np.ndarray, fixed: np.ndarray, inverse: bool = True):
+    """A 'network' that recovers half of a pure translation between two blobs (by centroids);
+    ``inverse=False`` skips its inverse path, as the torch backend does."""
     idx = np.stack(np.meshgrid(*[np.arange(n, dtype=np.float32) for n in moving.shape], indexing="ij"))
     centroid = lambda im: (idx * im).reshape(3, -1).sum(1) / im.sum()  # noqa: E731
     shift = 0.5 * (centroid(moving) - centroid(fixed))  # fixed x -> moving x + shift
     fwd = np.broadcast_to(shift.reshape(3, 1, 1, 1), (3, *moving.shape)).copy()
-    return fwd, -fwd
+    return fwd, (-fwd if inverse else None)
 
 
 def test_passes_compose_towards_the_full_translation():
@@ -44,6 +45,20 @@ def test_one_pass_is_the_network_itself_and_passes_are_checked():
         run_passes(_half_step_network, moving, fixed, 0)
 
 
+def test_forward_only_passes_give_the_same_forward_map_and_no_inverse():
+    moving, fixed = _blob((16.0, 12.0, 12.0)), _blob((8.0, 12.0, 12.0))
+    calls = []
+
+    def network(m, f, inverse=True):
+        calls.append(inverse)
+        return _half_step_network(m, f, inverse)
+
+    both = run_passes(network, moving, fixed, 3)
+    fwd, inv = run_passes(network, moving, fixed, 3, inverse=False)
+    assert inv is None and torch.equal(fwd, both[0])
+    assert calls == [True] * 3 + [False] * 3  # the backend is told, pass after pass
+
+
 def test_inverse_consistency_keeps_the_given_inverse_when_the_numerical_one_folds(monkeypatch):
     from dccnn_deploy.ops import invert
 
@@ -56,3 +71,24 @@ def test_inverse_consistency_keeps_the_given_inverse_when_the_numerical_one_fold
     assert invert.make_inverse_consistent(fwd, given)[1] is given
     monkeypatch.setattr(invert, "invert_displacement", lambda f, it, init=None: given + 0.0)
     assert invert.make_inverse_consistent(fwd, folded)[1] is not folded
+    # no inverse given: the fallback (the network's inverse) is asked for only when the numerical one folds
+    asked = []
+    fallback = lambda: asked.append(1) or given  # noqa: E731
+    assert invert.make_inverse_consistent(fwd, None, fallback=fallback)[1] is not given and not asked
+    monkeypatch.setattr(invert, "invert_displacement", lambda f, it, init=None: folded)
+    assert invert.make_inverse_consistent(fwd, None, fallback=fallback)[1] is given and asked == [1]
+    assert invert.make_inverse_consistent(fwd, None)[1] is folded  # nothing better to offer
+
+
+def test_numerical_inverse_from_scratch_matches_the_one_started_from_a_near_inverse():
+    from dccnn_deploy.ops.invert import inverse_residual, make_inverse_consistent
+    from dccnn_deploy.ops.smoothing import gaussian_smooth
+
+    gen = torch.Generator().manual_seed(0)
+    fwd = 3.0 * gaussian_smooth(torch.randn(1, 3, 20, 20, 20, generator=gen), 3.0)
+    fwd = fwd * (2.0 / float(fwd.abs().max()))  # smooth, up to 2 voxels
+    _, started = make_inverse_consistent(fwd, -fwd)
+    _, scratch = make_inverse_consistent(fwd, None)
+    inner = (slice(None), slice(None), *(slice(4, -4),) * 3)  # away from the border padding
+    assert float(inverse_residual(fwd, scratch)[inner].max()) < 0.02
+    assert float((scratch - started)[inner].abs().max()) < 0.02

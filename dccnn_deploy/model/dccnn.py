@@ -20,9 +20,9 @@ from dccnn_deploy.model.cnn_lstm import CNNLSTMBlock
 from dccnn_deploy.model.homotopy import homotopy
 from dccnn_deploy.model.unet import FeaturePyramidUNet
 from dccnn_deploy.ops.resize import upsample_features, upsample_field
-from dccnn_deploy.ops.warp import warp, warp_gridsample
+from dccnn_deploy.ops.warp import normalised_grid, volume_sampler, warp, warp_gridsample
 
-Sampler = Literal["gridsample", "gather"]
+Sampler = Literal["gridsample", "gather", "mosaic"]
 
 
 def swap_halves(t: torch.Tensor) -> torch.Tensor:
@@ -56,12 +56,13 @@ class ScaleTrace:
 class RegistrationOutput:
     """``forward``: displacement on the fixed grid, ``moved = warp(moving, forward)``;
     ``inverse``: displacement on the moving grid, ``warp(fixed, inverse)`` lies on the moving
-    image. Both ``(B, 3, D, H, W)``, voxel units, channels = array axes (D, H, W).
+    image. Both ``(B, 3, D, H, W)``, voxel units, channels = array axes (D, H, W); ``inverse`` is
+    None when the inverse path was not run (``forward(..., inverse=False)``).
     ``scales``: per-scale traces coarse -> fine when ``trace=True`` (for the losses).
     """
 
     forward: torch.Tensor
-    inverse: torch.Tensor
+    inverse: torch.Tensor | None
     scales: list[ScaleTrace] = field(default_factory=list)
 
 
@@ -84,11 +85,21 @@ class DCCNNLSTMReg(nn.Module):
 
     @sampler.setter
     def sampler(self, name: Sampler) -> None:
-        samplers: dict[str, Callable] = {"gridsample": warp_gridsample, "gather": warp}
+        """``gridsample`` (training, ONNX Runtime export), ``gather`` (standard ops: TensorRT
+        export) or ``mosaic`` (CPU inference: :func:`~dccnn_deploy.ops.warp.volume_sampler`, the
+        same sampling as ``gridsample`` within ~1e-4, built once per scale for its N steps)."""
+        samplers: dict[str, Callable] = {"gridsample": warp_gridsample, "gather": warp, "mosaic": warp_gridsample}
         if name not in samplers:
             raise ValueError(f"sampler must be one of {sorted(samplers)}, got {name!r}")
         self._sampler_name = name
         self._warp = samplers[name]
+
+    def _feature_warp(self, feats: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+        """``disp -> feats o (id + disp)`` (border padding) for the N steps of one scale."""
+        if self._sampler_name == "mosaic":
+            sample = volume_sampler(feats, "border")  # tiled once, read N times
+            return lambda disp: sample(normalised_grid(disp.float(), feats.shape[2:]))
+        return lambda disp: self._warp(feats, disp, padding="border")
 
     def _h(self, disp: torch.Tensor) -> torch.Tensor:
         return homotopy(disp, self.config.homotopy_sigma, self.config.jacobian_floor)
@@ -98,16 +109,22 @@ class DCCNNLSTMReg(nn.Module):
         return self.unet(pad_to_multiple(images, self.config.divisor))
 
     def forward(self, moving: torch.Tensor, fixed: torch.Tensor, trace: bool = False,
-                fixed_features: list[torch.Tensor] | None = None) -> RegistrationOutput:
+                fixed_features: list[torch.Tensor] | None = None, inverse: bool = True) -> RegistrationOutput:
         """``fixed_features``: ``features(fixed)`` computed before (a cascade at inference registers
-        several moving images to one fixed image); the U-Net then runs on the moving image only."""
+        several moving images to one fixed image); the U-Net then runs on the moving image only.
+        ``inverse=False`` runs the forward path alone (inference whose inverse is computed
+        numerically from the forward map): the forward rows never read the inverse rows, so the
+        forward field is the same and the cascade costs half."""
         if moving.shape != fixed.shape or moving.dim() != 5 or moving.shape[1] != 1:
             raise ValueError(
                 f"moving and fixed must both be (B, 1, D, H, W) of one shape, got "
                 f"{tuple(moving.shape)} and {tuple(fixed.shape)}"
             )
+        if trace and not inverse:
+            raise ValueError("trace=True (training losses) needs both paths: inverse=True")
         cfg = self.config
         b = moving.shape[0]
+        rows = 2 * b if inverse else b
         size = moving.shape[2:]
         if fixed_features is None:  # dual U-Net, shared weights: one pass over both images
             pyramid = self.features(torch.cat([moving, fixed], dim=0))
@@ -119,11 +136,12 @@ class DCCNNLSTMReg(nn.Module):
         traces: list[ScaleTrace] = []
         for level, feats in enumerate(pyramid):
             feats = feats.contiguous()  # a channels-last U-Net (CPU inference) hands over NCDHW
-            others = swap_halves(feats)  # forward rows see F_Y, inverse rows see F_X
-            if self._sampler_name == "gridsample":
+            # forward rows see F_Y, inverse rows F_X; the forward path alone: F_X warped, F_Y beside it
+            feats, others = (feats, swap_halves(feats)) if inverse else (feats[:b], feats[b:])
+            if self._sampler_name != "gather":
                 feats = feats.float()  # grid_sample samples in float32: cast once, not every step
             if disp is None:
-                disp = feats.new_zeros((2 * b, 3, *feats.shape[2:]))
+                disp = feats.new_zeros((rows, 3, *feats.shape[2:]))
                 memory = torch.zeros_like(disp)
                 h = torch.ones_like(disp[:, :1])  # h(., 0) = 1
             else:
@@ -131,8 +149,9 @@ class DCCNNLSTMReg(nn.Module):
                 memory = upsample_features(memory)
                 h = self._h(disp)
             scale = ScaleTrace(fields=disp, homotopies=[h]) if trace else None
+            warp_feats = self._feature_warp(feats)
             for n, block in enumerate(self.blocks[level]):
-                warped = self._warp(feats, disp, padding="border")  # pre-aligned F_X o phi
+                warped = warp_feats(disp)  # pre-aligned F_X o phi
                 u, memory = block(warped, others, disp, memory)
                 disp = disp + dt * u / h  # Euler step of eq. (7)
                 last = n == cfg.steps - 1
@@ -146,7 +165,7 @@ class DCCNNLSTMReg(nn.Module):
                 traces.append(scale)
 
         disp = disp[:, :, : size[0], : size[1], : size[2]]
-        return RegistrationOutput(forward=disp[:b], inverse=disp[b:], scales=traces)
+        return RegistrationOutput(forward=disp[:b], inverse=disp[b:] if inverse else None, scales=traces)
 
     def parameter_count(self) -> int:
         return sum(p.numel() for p in self.parameters())

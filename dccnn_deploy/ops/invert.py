@@ -14,6 +14,8 @@ Sampling uses :func:`dccnn_deploy.ops.warp.volume_sampler` (border padding, voxe
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 import torch.nn.functional as F
 
@@ -100,17 +102,23 @@ def invert_displacement(
 
 @torch.no_grad()
 def make_inverse_consistent(
-    forward: torch.Tensor, inverse: torch.Tensor, iterations: int = INVERT_ITERATIONS
+    forward: torch.Tensor, inverse: torch.Tensor | None, iterations: int = INVERT_ITERATIONS,
+    fallback: Callable[[], torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(forward, inverse')`` with ``inverse'`` the numerical inverse of ``forward``, started
-    from the given ``inverse`` (so a near-inverse converges in a few iterations). The forward
-    map, which moves the images and labels, is kept as it is. The few voxels where the nodes of
-    a strongly expanding inverse fold in finite differences are smoothed (:func:`repair_folds`).
-    Should the numerical inverse still fold
+    from the given ``inverse`` (so a near-inverse converges in a few iterations; None: from
+    ``-forward``, a few iterations more). The forward map, which moves the images and labels, is
+    kept as it is. The few voxels where the nodes of a strongly expanding inverse fold in finite
+    differences are smoothed (:func:`repair_folds`). Should the numerical inverse still fold
     more voxels than the given one (a forward map folded somewhere has no inverse there), the
-    given inverse is kept (fold-free output comes first)."""
+    given inverse is kept (fold-free output comes first); without a given inverse, ``fallback()``
+    (e.g. the network's own inverse, computed only then) is that reference when the numerical
+    inverse folds at all."""
     numerical = repair_folds(invert_displacement(forward, iterations, init=inverse))
-    if _folded_voxels(numerical) > _folded_voxels(inverse):
+    folds = _folded_voxels(numerical)
+    if inverse is None and folds and fallback is not None:
+        inverse = fallback()
+    if inverse is not None and folds > _folded_voxels(inverse):
         return forward, inverse
     return forward, numerical
 

@@ -121,10 +121,12 @@ class Stages:
 HEAD_MASK_PASSES = 1
 
 
-def _network_fields(network: Network | None, moving_g, fixed_g, passes: int = 1):
+def _network_fields(network: Network | None, moving_g, fixed_g, passes: int = 1, inverse: bool = True):
+    """The network's fields after ``passes``; ``inverse=False``: the forward path alone (the
+    written inverse is the forward map's numerical inverse anyway), inverse None."""
     if network is None:
         return None, None
-    return run_passes(network.backend.run, moving_g, fixed_g, passes)
+    return run_passes(network.backend.run, moving_g, fixed_g, passes, inverse)
 
 
 def _affine_record(aff) -> dict:
@@ -278,7 +280,7 @@ def run(moving: ImageLike, fixed: ImageLike, opts: RegisterOptions | None = None
     network_pair = prepared
     if opts.affine and aff.stripped and aff.brain_mask is not None:  # a head against a brain: two brains
         head_to_head = None if network is None else (
-            lambda m, f: _network_fields(network, m, f, HEAD_MASK_PASSES)[0])
+            lambda m, f: _network_fields(network, m, f, HEAD_MASK_PASSES, inverse=False)[0])
         network_pair = stages.run("strip", strip_for_network, prepared, aff.stripped[0], aff.brain_mask, settings,
                                   aff.template_head, head_to_head)
     native = network_pair.moving_g is prepared.moving_g  # a stripped head is mapped on the grid
@@ -291,13 +293,15 @@ def run(moving: ImageLike, fixed: ImageLike, opts: RegisterOptions | None = None
         network_pair, matrix = prepared, aff.matrix
         affine_info = {**_affine_record(aff), "refit_on_mapped_contrast": True}
     passes = _passes(opts, network, contrast, refine_cfg.passes)
-    fwd, inv = stages.run("network", _network_fields, network, moving_in, network_pair.fixed_g, passes)
+    refining = refine_cfg.total_iterations > 0  # refine starts from both of the network's fields
+    fwd, inv = stages.run("network", _network_fields, network, moving_in, network_pair.fixed_g, passes, refining)
     refine_info = None
-    if refine_cfg.total_iterations > 0:
+    if refining:
         say(f"refining ({refine_cfg.name})")
         fwd, inv, refine_info = stages.run("refine", _refine, refine_cfg, moving_in, network_pair.fixed_g, fwd, inv)
     if fwd is not None:  # the written inverse is the numerical inverse of the forward map
-        fwd, inv = stages.run("invert", make_inverse_consistent, fwd, inv)
+        network_inverse = lambda: _network_fields(network, moving_in, network_pair.fixed_g, passes)[1]  # noqa: E731
+        fwd, inv = stages.run("invert", make_inverse_consistent, fwd, inv, fallback=network_inverse)
 
     moved_g = prepared.warped(fwd)
     mi = stages.run("sanity", final_similarity, prepared, moved_g)  # no registration / affine / final

@@ -55,11 +55,14 @@ class BackendUnavailable(RuntimeError):
 
 @runtime_checkable
 class Backend(Protocol):
-    """``run(moving, fixed)``: ``(D, H, W)`` float32 x 2 -> ``(3, D, H, W)`` float32 x 2 (voxels)."""
+    """``run(moving, fixed)``: ``(D, H, W)`` float32 x 2 -> ``(3, D, H, W)`` float32 x 2 (voxels).
+    ``inverse=False`` says the inverse is not needed: a backend that can skip the inverse path
+    returns None for it; exported graphs compute both and return both."""
 
     name: str
 
-    def run(self, moving: np.ndarray, fixed: np.ndarray) -> tuple[np.ndarray, np.ndarray]: ...
+    def run(self, moving: np.ndarray, fixed: np.ndarray, inverse: bool = True
+            ) -> tuple[np.ndarray, np.ndarray | None]: ...
 
 
 def as_batch(volume: np.ndarray) -> np.ndarray:
@@ -113,7 +116,9 @@ def cpu_inference_model(model: Any) -> Any:
     """A copy of ``model`` set up for fast CPU inference, same outputs within float rounding
     (max |Δ| ~1e-6 voxel on the default model; docs/benchmarks.md, issue 12): stride-1 transposed
     convolutions become convolutions and convolution weights are channels-last, so oneDNN runs
-    the U-Net in NDHWC (about 2x faster convolutions than NCDHW on a CPU). ``model`` is untouched."""
+    the U-Net in NDHWC (about 2x faster convolutions than NCDHW on a CPU), and the features are
+    warped by the mosaic sampler (:func:`~dccnn_deploy.ops.warp.volume_sampler`, the same values
+    within ~1e-4). ``model`` is untouched."""
     import copy
 
     import torch
@@ -124,6 +129,8 @@ def cpu_inference_model(model: Any) -> Any:
             replacement = _transposed_as_conv(child)
             if replacement is not child:
                 setattr(parent, name, replacement)
+    if getattr(tuned, "sampler", None) == "gridsample":
+        tuned.sampler = "mosaic"  # the feature warps through the vectorised 2-D kernel
     return tuned.to(memory_format=torch.channels_last_3d)
 
 
@@ -155,13 +162,14 @@ class TorchBackend:
             cached = self._fixed = (fixed.copy(), self.model.features(f))
         return cached[1]
 
-    def run(self, moving: np.ndarray, fixed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def run(self, moving: np.ndarray, fixed: np.ndarray, inverse: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
+        """``inverse=False``: the forward path alone (half the cascade's work), inverse None."""
         torch = self._torch
         moving, fixed = _check_pair(moving, fixed)
         m, f = (torch.from_numpy(v).to(self.device) for v in (moving, fixed))
         with torch.inference_mode(), torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
-            out = self.model(m, f, fixed_features=self._fixed_features(fixed, f))
-        return tuple(t[0].float().cpu().numpy() for t in (out.forward, out.inverse))
+            out = self.model(m, f, fixed_features=self._fixed_features(fixed, f), inverse=inverse)
+        return tuple(None if t is None else t[0].float().cpu().numpy() for t in (out.forward, out.inverse))
 
 
 class OnnxRuntimeBackend:
@@ -196,7 +204,7 @@ class OnnxRuntimeBackend:
         self.metadata: dict[str, str] = dict(self.session.get_modelmeta().custom_metadata_map)
         self.name = f"onnxruntime-{device}"
 
-    def run(self, moving: np.ndarray, fixed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def run(self, moving: np.ndarray, fixed: np.ndarray, inverse: bool = True) -> tuple[np.ndarray, np.ndarray]:
         m, f = _check_pair(moving, fixed)
         fwd, inv = self.session.run(list(OUTPUT_NAMES), {INPUT_NAMES[0]: m, INPUT_NAMES[1]: f})
         return fwd[0], inv[0]
@@ -233,7 +241,7 @@ class TensorRTBackend:
             self.context = self.engine.create_execution_context()
         self.name = f"tensorrt-{flavor}"
 
-    def run(self, moving: np.ndarray, fixed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def run(self, moving: np.ndarray, fixed: np.ndarray, inverse: bool = True) -> tuple[np.ndarray, np.ndarray]:
         torch = self._torch
         with torch.cuda.device(self.device):
             arrays = zip(INPUT_NAMES, _check_pair(moving, fixed))

@@ -18,24 +18,28 @@ import torch
 
 from dccnn_deploy.ops.warp import compose, warp_gridsample
 
-RunFn = Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
+RunFn = Callable[..., tuple[np.ndarray, np.ndarray | None]]
 
 
 def _field(a: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))[None]
 
 
-def run_passes(run: RunFn, moving_g: np.ndarray, fixed_g: np.ndarray, passes: int = 1
-               ) -> tuple[torch.Tensor, torch.Tensor]:
+def run_passes(run: RunFn, moving_g: np.ndarray, fixed_g: np.ndarray, passes: int = 1, inverse: bool = True
+               ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Forward and inverse displacement ``(1, 3, D, H, W)`` (voxels) after ``passes`` network
-    passes; ``run(moving, fixed) -> (fwd, inv)`` is one pass of any backend (arrays ``(3, D, H, W)``)."""
+    passes; ``run(moving, fixed, inverse=...) -> (fwd, inv)`` is one pass of any backend (arrays
+    ``(3, D, H, W)``). ``inverse=False``: the network's inverse path is not needed (the caller
+    inverts the forward map numerically); a backend may then skip it, and the inverse is None."""
     if passes < 1:
         raise ValueError(f"passes must be >= 1, got {passes}")
-    fwd, inv = (_field(a) for a in run(moving_g, fixed_g))
+    fwd, inv = (_field(a) for a in run(moving_g, fixed_g, inverse=True)) if inverse else (
+        _field(run(moving_g, fixed_g, inverse=False)[0]), None)
     moving = torch.from_numpy(np.ascontiguousarray(moving_g, dtype=np.float32))[None, None]
     for _ in range(passes - 1):
         current = warp_gridsample(moving, fwd, padding="zeros")[0, 0].numpy()
-        step_fwd, step_inv = (_field(a) for a in run(current, fixed_g))
-        fwd = compose(fwd, step_fwd, sampler=warp_gridsample)  # the new pass first, then the earlier ones
-        inv = compose(step_inv, inv, sampler=warp_gridsample)
+        step_fwd, step_inv = run(current, fixed_g, inverse=inverse)
+        fwd = compose(fwd, _field(step_fwd), sampler=warp_gridsample)  # the new pass first, then the earlier ones
+        if inverse:
+            inv = compose(_field(step_inv), inv, sampler=warp_gridsample)
     return fwd, inv
