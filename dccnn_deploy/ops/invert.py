@@ -83,14 +83,18 @@ def invert_displacement(
 ) -> torch.Tensor:
     """The displacement of ``phi^-1`` for ``phi = id + forward`` (``(B, 3, D, H, W)``, voxels).
 
-    Starts from ``init`` (default ``-forward``) and stops when the mean residual
+    Starts from ``init`` (default: one fixed-point step from ``-forward``, ``-u(y - u(y))``, which
+    saves Newton iterations: 5-7 -> 4 on 5-pass fields) and stops when the mean residual
     ``|w + u(y + w)|`` is below ``tolerance`` voxels (the mean, because points mapped outside the
     grid, sampled with border padding, need not converge).
     """
     u = forward.float()
     sources = field_and_gradient(u)
     sample = volume_sampler(sources, "border")  # built once: 12 channels, up to `iterations` reads
-    w = -u.clone() if init is None else init.detach().float().clone()
+    if init is None:
+        w = -volume_sampler(u, "border")(normalised_grid(-u, u.shape[2:]))
+    else:
+        w = init.detach().float().clone()
     for _ in range(iterations):
         sampled = sample(normalised_grid(w, sources.shape[2:]))
         residual = w + sampled[:, :3]

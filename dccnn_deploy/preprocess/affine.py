@@ -346,7 +346,7 @@ def register_affine(
     dof: Literal["affine", "rigid"] = "affine",
     progress: Progress | None = None,
     max_points: int = 20_000,
-    num_threads: int | None = 1,
+    num_threads: int | None = 2,
     cost: Cost = "auto",
     skull: Skull = "auto",
     patience: int = 10,
@@ -361,9 +361,10 @@ def register_affine(
     ``cost``: ``"mi"`` (Mattes mutual information, any contrasts), ``"ncc"`` (same contrast
     only) or ``"auto"`` (MI). ``skull``: ``"auto"`` strips a head's skull with the template
     brain mask when the other image is a skull-stripped brain; ``"never"`` matches the images
-    as they are. ``num_threads``: torch intra-op threads while registering (restored after;
-    None leaves them): each step is small, and on a busy CPU OpenMP barriers across threads
-    cost ten times the work itself. Returns the fixed world -> moving world matrix with the
+    as they are. ``num_threads``: at most this many torch intra-op threads while registering
+    (restored after; None leaves them): each step is small, so more threads than two mostly wait
+    at OpenMP barriers (on a busy CPU they cost ten times the work itself); on an idle 2-core
+    machine two threads take 15-25 % less time than one (docs/benchmarks.md). Returns the fixed world -> moving world matrix with the
     NCC and MI on the finest grid before (headers only) and after.
     """
     if dof not in ("affine", "rigid"):
@@ -376,7 +377,7 @@ def register_affine(
         raise ValueError("levels and iterations must have the same, non-zero length")
     previous = torch.get_num_threads()
     if num_threads is not None:
-        torch.set_num_threads(num_threads)
+        torch.set_num_threads(max(1, min(num_threads, previous)))
     try:
         start = time.perf_counter()
         moving_vol = _prepare(moving, moving_affine, min(levels))
