@@ -45,12 +45,14 @@ def _ours(args, out: Path, code: Path | None = None) -> dict:
     if args.model:
         cmd += ["--model", str(args.model)]
     cmd += shlex.split(args.register_args)
-    saved = os.environ.get("PYTHONPATH")
-    if code is not None:
+    saved, cwd = os.environ.get("PYTHONPATH"), os.getcwd()
+    if code is not None:  # run from inside the tree: `python -m` puts the working directory first on sys.path
         os.environ["PYTHONPATH"] = str(code.resolve())
+        os.chdir(code)
     try:
         wall, mb, _ = _timed(cmd)
     finally:
+        os.chdir(cwd)
         if saved is None:
             os.environ.pop("PYTHONPATH", None)
         else:
@@ -78,6 +80,8 @@ def main() -> None:
                     help="a code tree to time (repeatable; runs alternate between trees): its folder goes "
                          "first on PYTHONPATH, e.g. from `git archive COMMIT | tar -x -C DIR`; default: as installed")
     args = ap.parse_args()
+    args.moving, args.fixed, args.work = args.moving.resolve(), args.fixed.resolve(), args.work.resolve()
+    args.model = args.model.resolve() if args.model else None
 
     cli = [sys.executable, "-m", "dccnn_deploy.cli.app"]
     startup = {flag: _timed([*cli, flag])[0] for flag in ("--version", "--help")}

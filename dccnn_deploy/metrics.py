@@ -10,7 +10,6 @@ from typing import Iterable, Sequence
 
 import numpy as np
 import torch
-from scipy import ndimage
 
 from dccnn_deploy.ops.jacobian import jacobian_determinant
 from dccnn_deploy.ops.smoothing import gaussian_smooth
@@ -75,6 +74,8 @@ def _compact_labels(a: np.ndarray, b: np.ndarray) -> tuple[_Compact, _Compact]:
 
 
 def _surface(mask: np.ndarray) -> np.ndarray:
+    from scipy import ndimage
+
     return mask & ~ndimage.binary_erosion(mask, structure=ndimage.generate_binary_structure(3, 1))
 
 
@@ -86,6 +87,8 @@ def hd95(
     NaN where a label is missing from either map. Each label is measured inside the bounding
     box of both its masks (``find_objects``), so many small labels stay cheap.
     """
+    from scipy import ndimage  # here, not at import: 0.2 s of every registration's start-up otherwise
+
     ca, cb = _compact_labels(np.asarray(a), np.asarray(b))
     boxes_a = ndimage.find_objects(ca.index + 1)
     boxes_b = ndimage.find_objects(cb.index + 1)

@@ -342,6 +342,12 @@ def test_second_run_on_the_same_output_fails_at_once(study, tmp_path):
     assert "in use by another dccnn run" in line and f"pid {first.pid}" in line
     assert first.returncode == 0, first_err
     assert (out / "report.json").is_file() and not (out / ".dccnn.lock").exists()
+    # the process left at once (cli.app.FAST_EXIT) with everything written and whole
+    from dccnn_deploy.registration.outputs import DEFAULT_FILES
+
+    assert sorted(p.name for p in out.iterdir()) == sorted(DEFAULT_FILES)
+    assert json.loads((out / "report.json").read_text())["seconds"]["outputs"] > 0
+    assert nib.load(str(out / "inv_warp.nii.gz")).get_fdata().shape[-1] == 3
 
 
 def test_lock_is_exclusive_and_released(tmp_path):
