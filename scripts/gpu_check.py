@@ -102,14 +102,16 @@ def load_network(model_path: Path | None, dry_run: bool, workdir: Path):
     return bundle.model, Path(model_path), tuple(bundle.grid_shape)
 
 
-def run_model(model, moving: np.ndarray, fixed: np.ndarray, device: str, half: bool = False):
+def run_model(model, moving: np.ndarray, fixed: np.ndarray, device: str, half: bool = False, inverse: bool = True):
+    """One network pass; ``inverse=False``: the forward path alone, as ``dccnn register`` runs it
+    (the inverse returned is then the forward field, for parity only)."""
     import torch
 
     m = torch.from_numpy(np.ascontiguousarray(moving, np.float32))[None, None].to(device)
     f = torch.from_numpy(np.ascontiguousarray(fixed, np.float32))[None, None].to(device)
     with torch.inference_mode(), torch.autocast(device_type=torch.device(device).type, dtype=torch.float16 if device.startswith("cuda") else torch.bfloat16, enabled=half):
-        out = model(m, f)
-    return out.forward.float(), out.inverse.float()
+        out = model(m, f, inverse=inverse)
+    return out.forward.float(), (out.inverse if inverse else out.forward).float()
 
 
 def sync(device: str) -> None:
@@ -150,18 +152,19 @@ def check_latency(rows: Rows, model, device: str, grids, repeats: int) -> None:
     model = model.to(device)
     for grid in grids:
         moving, fixed = synthetic_pair(grid)
-        for half in (False, True):
-            label = f"{'x'.join(map(str, grid))} {'fp16' if half else 'fp32'} {device}"
+        for half, inverse in ((False, True), (True, True), (False, False), (True, False)):
+            paths = "both paths" if inverse else "forward path (dccnn register)"
+            label = f"{'x'.join(map(str, grid))} {'fp16' if half else 'fp32'} {device}, {paths}"
             try:
                 for _ in range(2):
-                    run_model(model, moving, fixed, device, half)
+                    run_model(model, moving, fixed, device, half, inverse)
                 sync(device)
                 if device.startswith("cuda"):
                     torch.cuda.reset_peak_memory_stats()
                 times = []
                 for _ in range(repeats):
                     start = time.perf_counter()
-                    run_model(model, moving, fixed, device, half)
+                    run_model(model, moving, fixed, device, half, inverse)
                     sync(device)
                     times.append(time.perf_counter() - start)
             except Exception as exc:  # noqa: BLE001 - e.g. out of memory: recorded, the rest goes on

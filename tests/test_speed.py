@@ -246,7 +246,8 @@ def test_gpu_check_dry_run(tmp_path):
     parity = [r for r in rows if r["check"] == "parity" and r["setting"].startswith("torch")]
     assert float(parity[0]["value"]) == 0.0  # CPU against CPU
     latency = [r for r in rows if r["check"] == "latency" and "fp32" in r["setting"]]
-    assert len(latency) == 2 and all(float(r["value"]) > 0 for r in latency)
+    assert len(latency) == 4 and all(float(r["value"]) > 0 for r in latency)  # 2 grids x (both paths, forward path)
+    assert sum("forward path" in r["setting"] for r in latency) == 2
     register = [r for r in rows if r["check"] == "register"][0]
     assert float(register["value"]) > 0, register
 
