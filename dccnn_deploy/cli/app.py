@@ -129,8 +129,11 @@ def main() -> None:
     if isinstance(code, str):  # sys.exit("message")
         print(code, file=sys.stderr)
         code = 1
-    sys.stdout.flush()
-    sys.stderr.flush()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a closed pipe (`dccnn register --json ... | head`) or stream
+            pass
     os._exit(0 if code is None else int(code))
 
 
