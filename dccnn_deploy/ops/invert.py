@@ -92,7 +92,7 @@ def invert_displacement(
     sources = field_and_gradient(u)
     sample = volume_sampler(sources, "border")  # built once: 12 channels, up to `iterations` reads
     if init is None:
-        w = -volume_sampler(u, "border")(normalised_grid(-u, u.shape[2:]))
+        w = -warp_gridsample(u, -u, padding="border")  # one read: no mosaic to build
     else:
         w = init.detach().float().clone()
     for _ in range(iterations):

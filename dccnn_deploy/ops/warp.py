@@ -88,12 +88,17 @@ MOSAIC_MAX_SIDE = 2048
 MOSAIC_MIN_CHANNELS = 3
 
 
+def _mosaic_layout(depth: int) -> tuple[int, int]:
+    """(rows, cols) of tiles holding ``depth`` slices, as square as possible."""
+    cols = math.ceil(math.sqrt(depth))
+    return math.ceil(depth / cols), cols
+
+
 def _mosaic(volume: torch.Tensor, margin: int) -> tuple[torch.Tensor, int]:
     """``(B, C, D, H, W)`` -> its slices tiled into a ``(B, C, rows*(H+2m), cols*(W+2m))`` image
-    (``margin`` zero pixels around each slice), and ``cols``."""
+    (``margin`` zero pixels around each slice, :func:`_mosaic_layout`), and ``cols``."""
     b, c, d, h, w = volume.shape
-    cols = math.ceil(math.sqrt(d))
-    rows = math.ceil(d / cols)
+    rows, cols = _mosaic_layout(d)
     padded = F.pad(volume, (margin, margin, margin, margin, 0, rows * cols - d))
     hp, wp = h + 2 * margin, w + 2 * margin
     tiles = padded.reshape(b, c, rows, cols, hp, wp).permute(0, 1, 2, 4, 3, 5)
@@ -117,8 +122,8 @@ def volume_sampler(volume: torch.Tensor, padding: Padding = "zeros", mode: str =
     """
     b, c, d, h, w = volume.shape
     margin = 1 if padding == "zeros" else 0
-    cols = math.ceil(math.sqrt(d))
-    side = max(math.ceil(d / cols) * (h + 2 * margin), cols * (w + 2 * margin))
+    rows, cols = _mosaic_layout(d)
+    side = max(rows * (h + 2 * margin), cols * (w + 2 * margin))
 
     def plain(grid: torch.Tensor) -> torch.Tensor:
         return F.grid_sample(volume, grid, mode=mode, padding_mode=padding, align_corners=True)

@@ -35,7 +35,6 @@ from dccnn_deploy.registration.outputs import output_files, select_outputs
 from dccnn_deploy.registration.prepare import (
     PreparedPair,
     moving_on_grid,
-    normalised,
     prepare_pair,
     realigned,
     strip_for_network,
@@ -140,27 +139,25 @@ def _affine_record(aff) -> dict:
     }
 
 
-def _refit_affine(moving: Volume, fixed: Volume, prepared: PreparedPair, contrast_map, settings: PreprocessSettings):
+def _refit_affine(moving: Volume, fixed: Volume, prepared: PreparedPair, contrast_map):
     """The affine stage run again with the moving image in the fixed image's contrast (a rank map:
     the pair then has one contrast), the pair realigned by it and the network's moving input:
     ``(AffineResult, PreparedPair, moving_g mapped)``. MI aligns an inverted or T2 image less well
     than the same anatomy in one contrast (donor pairs: 3.8-4.0 mm from the same-content affine at
     the corners of a brain box, 1.4-2.5 mm after the refit; docs/benchmarks.md)."""
-    moving_n = normalised(moving.data, settings)
-    mapped = contrast_map(moving_n)
+    mapped = contrast_map(prepared.moving_n)
     aff = register_affine(mapped, moving.affine, fixed.data, fixed.affine)
-    prepared = realigned(prepared, moving_n, moving.affine, aff.matrix)
+    prepared = realigned(prepared, moving.affine, aff.matrix)
     return aff, prepared, moving_on_grid(mapped, moving.affine, prepared)
 
 
-def _network_input(prepared: PreparedPair, moving: Volume | None = None,
-                   settings: PreprocessSettings | None = None) -> tuple[np.ndarray, dict, object]:
+def _network_input(prepared: PreparedPair, moving_affine: np.ndarray | None = None) -> tuple[np.ndarray, dict, object]:
     """The moving image the network (and refine) sees, and what was done to it: when the two
     contrasts differ (:func:`~dccnn_deploy.similarity.contrast_agreement` below
     :data:`~dccnn_deploy.similarity.SAME_CONTRAST_MIN_CORRELATION`), the moving image mapped into
     the fixed image's contrast (:func:`~dccnn_deploy.preprocess.contrast_map.fit_contrast_map`),
-    at its own resolution before resampling when ``moving`` (the image ``prepared.moving_g`` was
-    made from) and ``settings`` are given. Third: the fitted
+    at its own resolution before resampling (``prepared.moving_n``) when ``moving_affine`` (its
+    voxel -> world affine) is given. Third: the fitted
     :class:`~dccnn_deploy.preprocess.contrast_map.ContrastMap`, or None when nothing was mapped."""
     from dccnn_deploy.preprocess.contrast_map import fit_contrast_map
     from dccnn_deploy.similarity import SAME_CONTRAST_MIN_CORRELATION, contrast_agreement
@@ -171,8 +168,8 @@ def _network_input(prepared: PreparedPair, moving: Volume | None = None,
     if agreement >= SAME_CONTRAST_MIN_CORRELATION:
         return prepared.moving_g, info, None
     fitted = fit_contrast_map(prepared.moving_g, prepared.fixed_g)
-    if moving is not None and settings is not None:
-        mapped = moving_on_grid(fitted(normalised(moving.data, settings)), moving.affine, prepared)
+    if moving_affine is not None:
+        mapped = moving_on_grid(fitted(prepared.moving_n), moving_affine, prepared)
     else:
         mapped = fitted(prepared.moving_g)
     info.update(mapped=True, map=fitted.kind, agreement_after=round(contrast_agreement(torch.from_numpy(mapped), fixed), 4))
@@ -285,11 +282,10 @@ def run(moving: ImageLike, fixed: ImageLike, opts: RegisterOptions | None = None
                                   aff.template_head, head_to_head)
     native = network_pair.moving_g is prepared.moving_g  # a stripped head is mapped on the grid
     moving_in, contrast, contrast_map = stages.run(
-        "contrast", _network_input, network_pair, moving_v if native else None, settings)
+        "contrast", _network_input, network_pair, moving_v.affine if native else None)
     if opts.affine and network_pair is prepared and contrast_map is not None and contrast_map.kind.startswith("rank"):
         say("affine pre-alignment again, on the contrast-mapped moving image")
-        aff, prepared, moving_in = stages.run("affine_refit", _refit_affine, moving_v, fixed_v, prepared, contrast_map,
-                                              settings)
+        aff, prepared, moving_in = stages.run("affine_refit", _refit_affine, moving_v, fixed_v, prepared, contrast_map)
         network_pair, matrix = prepared, aff.matrix
         affine_info = {**_affine_record(aff), "refit_on_mapped_contrast": True}
     passes = _passes(opts, network, contrast, refine_cfg.passes)
@@ -330,6 +326,7 @@ def run(moving: ImageLike, fixed: ImageLike, opts: RegisterOptions | None = None
     seconds = {**stages.seconds, "compute": round(time.perf_counter() - start, 3)}
     seconds["total"] = seconds["compute"]
     registration = Registration(affine=matrix, grid=prepared.grid, forward=fwd, inverse=inv, exact_inverse=True)
+    prepared = dataclasses.replace(prepared, moving_n=None)  # the outputs read moving_v itself
     return RegistrationResult(registration, moving_v, fixed_v, prepared, info, labels, seconds, moved_g)
 
 

@@ -22,7 +22,9 @@ class PreparedPair:
     """Both images on the model grid, normalised: what the network sees.
 
     ``moving_g`` went through the affine ``matrix`` (fixed world -> moving world); ``unaligned_g``
-    is the moving image through the headers only (the "before" similarity).
+    is the moving image through the headers only (the "before" similarity). ``moving_n``: the
+    normalised moving image on its own voxels, which ``moving_g`` was resampled from (kept for a
+    contrast map applied at the moving image's resolution and an affine refit; None once dropped).
     """
 
     grid: Grid
@@ -30,6 +32,7 @@ class PreparedPair:
     moving_g: np.ndarray
     fixed_g: np.ndarray
     unaligned_g: np.ndarray
+    moving_n: np.ndarray | None = None
 
     def warped(self, forward: torch.Tensor | None) -> np.ndarray:
         """``moving_g`` through the forward voxel displacement ``(1, 3, *grid)`` (None: ``moving_g``):
@@ -61,6 +64,7 @@ def prepare_pair(moving: Volume, fixed: Volume, matrix: np.ndarray, settings: Pr
         moving_g=resample_to_grid(moving_n, moving.affine, grid, world_transform=matrix),
         fixed_g=resample_to_grid(fixed_n, fixed.affine, grid),
         unaligned_g=resample_to_grid(moving_n, moving.affine, grid),
+        moving_n=moving_n,
     )
 
 
@@ -70,13 +74,11 @@ def moving_on_grid(image: np.ndarray, moving_affine: np.ndarray, prepared: Prepa
     return resample_to_grid(image, moving_affine, prepared.grid, world_transform=prepared.matrix)
 
 
-def realigned(prepared: PreparedPair, moving_n: np.ndarray, moving_affine: np.ndarray, matrix: np.ndarray
-              ) -> PreparedPair:
+def realigned(prepared: PreparedPair, moving_affine: np.ndarray, matrix: np.ndarray) -> PreparedPair:
     """``prepared`` with another affine ``matrix``: what :func:`prepare_pair` gives for it (the grid,
-    the fixed image and the unaligned moving image do not depend on it). ``moving_n``: the
-    normalised moving image (:func:`normalised`)."""
+    the fixed image and the unaligned moving image do not depend on it)."""
     moved = replace(prepared, matrix=matrix)
-    return replace(moved, moving_g=moving_on_grid(moving_n, moving_affine, moved))
+    return replace(moved, moving_g=moving_on_grid(prepared.moving_n, moving_affine, moved))
 
 
 #: ``register(moving_g, fixed_g) -> forward`` voxel displacement ``(1, 3, *grid)`` on the model grid
