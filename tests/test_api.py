@@ -191,6 +191,31 @@ def test_onnx_model_picks_onnxruntime(study, tmp_path):
                             metadata={"spacing": str(bundle.spacing_mm)}).path
     result = dd.register(study["moving"], study["fixed"], model=onnx_path)
     assert result.metrics["backend"] == "onnxruntime-cpu"
+    assert dd.open_model(onnx_path).fit_divisor is None  # a static graph keeps its grid
+    assert result.metrics["grid"]["shape"] == list(bundle.grid_shape)
+
+
+def test_a_checkpoint_fits_the_model_grid_to_the_fixed_foreground(study, tmp_path):
+    """A torch network takes any grid that is a multiple of its divisor: the pipeline shortens the
+    grid to the fixed foreground (plus margin); fields, outputs and metrics follow that grid."""
+    import torch
+
+    from dccnn_deploy.checkpoint import default_metadata, save_checkpoint
+    from dccnn_deploy.model import DCCNNLSTMReg
+    from conftest import SMALL
+
+    torch.manual_seed(0)
+    wide = save_checkpoint(tmp_path / "wide.pt", DCCNNLSTMReg(SMALL), default_metadata((48, 48, 48), 4.5))
+    network = dd.open_model(wide)
+    assert network.fit_divisor == SMALL.divisor
+    result = dd.register(study["moving"], study["fixed"], model=network)
+    shape = result.metrics["grid"]["shape"]
+    assert result.metrics["grid"]["model_shape"] == [48, 48, 48]
+    assert all(n % SMALL.divisor == 0 and n < 48 for n in shape), shape
+    assert result.transform.grid.shape == tuple(shape) == result.transform.forward.shape[2:]
+    moved = _data(result.moved)
+    assert moved.shape == nib.load(study["fixed"]).shape and np.isfinite(moved).all()
+    assert result.metrics["fields"]["folding_percent_forward"] == 0
 
 
 def test_apply_many_images_at_once(study, saved, tmp_path):

@@ -130,3 +130,19 @@ def test_mosaic_trilinear_sampling_matches_grid_sample(padding, shape):
     grid.requires_grad_(True)
     assert torch.equal(volume_sampler(volume, padding)(grid),
                        F.grid_sample(volume, grid, align_corners=True, padding_mode=padding))
+
+
+@pytest.mark.parametrize("padding", ["zeros", "border"])
+def test_displaced_sampler_matches_warp_gridsample(padding):
+    """The network's feature warp (voxel displacements, tiled once) reads what warp_gridsample reads."""
+    from dccnn_deploy.ops.warp import displaced_sampler, warp_gridsample
+
+    torch.manual_seed(1)
+    volume = torch.randn(2, 8, 10, 12, 14)
+    sample = displaced_sampler(volume, padding)
+    for _ in range(2):  # read several times (each step of a scale)
+        disp = torch.randn(2, 3, 10, 12, 14) * 4.0  # many points outside
+        with torch.no_grad():
+            got, want = sample(disp), warp_gridsample(volume, disp, padding=padding)
+        assert got.shape == want.shape and (got - want).abs().max() < 1e-4
+    assert sample(torch.zeros(2, 3, 10, 12, 14)).sub(volume).abs().max() < 1e-4  # identity reads the volume

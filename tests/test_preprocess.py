@@ -11,9 +11,12 @@ from dccnn_deploy.ops.warp import warp_gridsample
 from dccnn_deploy.preprocess import grid as grid_module
 from dccnn_deploy.preprocess.affine import register_affine
 from dccnn_deploy.preprocess.grid import (
+    FIT_MARGIN_MM,
     Grid,
     apply_affine,
     displacement_between,
+    fitted_model_grid,
+    foreground_corners,
     model_grid,
     resample_to_grid,
 )
@@ -35,6 +38,26 @@ def test_model_grid_is_ras_centred():
     np.testing.assert_allclose(grid.spacing, [2.0, 1.5, 3.0])
     np.testing.assert_allclose(grid.affine[:3, :3], np.diag([2.0, 1.5, 3.0]))
     assert grid == Grid((10, 12, 9), grid.affine.copy()) and hash(grid) == hash(Grid((10, 12, 9), grid.affine))
+
+
+def test_fitted_model_grid_shortens_only_axes_the_foreground_leaves_room_on():
+    """A skull-stripped brain (134 x 164 x 130 mm) in the default 80 x 96 x 112 grid of 2 mm: only S
+    is shortened, to a multiple of the network's divisor, centred on the brain, with the margin."""
+    mask = np.zeros((70, 85, 68), dtype=bool)
+    mask[1:-1, 1:-1, 1:-1] = True
+    affine = np.diag([2.0, 2.0, 2.0, 1.0])
+    affine[:3, 3] = (-69.0, -86.0, -55.0)
+    corners = foreground_corners(mask, affine)
+    np.testing.assert_allclose(corners.min(0), [-67.0, -84.0, -53.0])
+    np.testing.assert_allclose(corners.max(0), [67.0, 80.0, 77.0])
+    grid = fitted_model_grid((80, 96, 112), 2.0, (0.0, 0.0, 0.0), corners, 16)
+    assert grid.shape == (80, 96, 96)
+    np.testing.assert_allclose(grid.centre_world(), [0.0, 0.0, 12.0])  # kept, kept, the box's centre
+    lo, hi = grid.corners_world().min(0), grid.corners_world().max(0)
+    assert lo[2] <= -53.0 - FIT_MARGIN_MM and hi[2] >= 77.0 + FIT_MARGIN_MM
+    # a head fills the grid: nothing shortened, the centre stays where it was
+    head = fitted_model_grid((80, 96, 112), 2.0, (1.0, 2.0, 3.0), corners * 1.6, 16)
+    assert head == model_grid((80, 96, 112), 2.0, (1.0, 2.0, 3.0))
 
 
 def test_resample_identity_reproduces_input(fixed_head):

@@ -35,7 +35,6 @@ from typing import Sequence, Union
 
 import nibabel as nib
 import numpy as np
-import scipy.io
 
 try:  # ISA-L's zlib streams: the deflate format HDF5's gzip filter reads, compressed ~5x faster
     from isal import isal_zlib as _zlib
@@ -161,8 +160,10 @@ def _write_text(path: Path, params: np.ndarray) -> None:
 
 def _write_mat(path: Path, params: np.ndarray) -> None:
     """MATLAB v4, as ITK's MatlabTransformIO (and ANTs) write it."""
+    from scipy.io import savemat  # here: importing scipy.io costs ~0.15 s of start-up
+
     with open(path, "wb") as f:
-        scipy.io.savemat(f, {AFFINE_TYPE: params.reshape(12, 1), "fixed": np.zeros((3, 1))}, format="4")
+        savemat(f, {AFFINE_TYPE: params.reshape(12, 1), "fixed": np.zeros((3, 1))}, format="4")
 
 
 def save_itk_affine(path: str | os.PathLike, matrix_ras: np.ndarray, overwrite: bool = False) -> Path:
@@ -203,7 +204,9 @@ def _read_text(path: Path) -> tuple[np.ndarray, np.ndarray]:
 
 def _read_mat(path: Path) -> tuple[np.ndarray, np.ndarray]:
     try:
-        content = scipy.io.loadmat(path)
+        from scipy.io import loadmat
+
+        content = loadmat(path)
     except Exception as exc:
         raise InputError.at(path, f"not a MATLAB transform file ({exc})") from exc
     keys = [k for k in _AFFINE_TYPES if k in content]

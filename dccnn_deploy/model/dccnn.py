@@ -20,7 +20,7 @@ from dccnn_deploy.model.cnn_lstm import CNNLSTMBlock
 from dccnn_deploy.model.homotopy import homotopy
 from dccnn_deploy.model.unet import FeaturePyramidUNet
 from dccnn_deploy.ops.resize import upsample_features, upsample_field
-from dccnn_deploy.ops.warp import normalised_grid, volume_sampler, warp, warp_gridsample
+from dccnn_deploy.ops.warp import displaced_sampler, warp, warp_gridsample
 
 Sampler = Literal["gridsample", "gather", "mosaic"]
 
@@ -86,7 +86,7 @@ class DCCNNLSTMReg(nn.Module):
     @sampler.setter
     def sampler(self, name: Sampler) -> None:
         """``gridsample`` (training, ONNX Runtime export), ``gather`` (standard ops: TensorRT
-        export) or ``mosaic`` (CPU inference: :func:`~dccnn_deploy.ops.warp.volume_sampler`, the
+        export) or ``mosaic`` (CPU inference: :func:`~dccnn_deploy.ops.warp.displaced_sampler`, the
         same sampling as ``gridsample`` within ~1e-4, built once per scale for its N steps)."""
         samplers: dict[str, Callable] = {"gridsample": warp_gridsample, "gather": warp, "mosaic": warp_gridsample}
         if name not in samplers:
@@ -97,8 +97,7 @@ class DCCNNLSTMReg(nn.Module):
     def _feature_warp(self, feats: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
         """``disp -> feats o (id + disp)`` (border padding) for the N steps of one scale."""
         if self._sampler_name == "mosaic":
-            sample = volume_sampler(feats, "border")  # tiled once, read N times
-            return lambda disp: sample(normalised_grid(disp.float(), feats.shape[2:]))
+            return displaced_sampler(feats, "border")  # tiled once, read N times
         return lambda disp: self._warp(feats, disp, padding="border")
 
     def _h(self, disp: torch.Tensor) -> torch.Tensor:

@@ -105,6 +105,59 @@ def _mosaic(volume: torch.Tensor, margin: int) -> tuple[torch.Tensor, int]:
     return tiles.reshape(b, c, rows * hp, cols * wp), cols
 
 
+class _MosaicSource:
+    """A ``(B, C, D, H, W)`` volume tiled once into a 2-D mosaic (:func:`_mosaic`), sampled
+    trilinearly at voxel coordinates as two bilinear samples of the slices around each point's
+    depth, blended linearly (see :func:`volume_sampler`)."""
+
+    def __init__(self, volume: torch.Tensor, padding: Padding):
+        self.shape = volume.shape
+        self.padding = padding
+        self.margin = 1 if padding == "zeros" else 0
+        self.image, self.cols = _mosaic(volume.float(), self.margin)
+        d, h, w = self.shape[2:]
+        self.scale_y, self.scale_x = 2.0 / (self.image.shape[2] - 1), 2.0 / (self.image.shape[3] - 1)
+        self.tile_y, self.tile_x = (h + 2 * self.margin) * self.scale_y, (w + 2 * self.margin) * self.scale_x
+
+    def sample(self, x: torch.Tensor, y: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """Values ``(B, C, *S)`` at voxel coordinates ``x`` (W), ``y`` (H), ``z`` (D), each a float32
+        ``(B, *S)`` tensor this call may overwrite."""
+        b, c, d, h, w = self.shape
+        out_shape = x.shape[1:]
+        m = self.margin
+        if self.padding == "border":
+            x, y, z = x.clamp_(0.0, w - 1.0), y.clamp_(0.0, h - 1.0), z.clamp_(0.0, d - 1.0)
+            lower = z.floor().clamp_(max=d - 2.0)
+        else:  # past the margin both corners are outside: 0 either way
+            x, y, lower = x.clamp_(-1.0, float(w)), y.clamp_(-1.0, float(h)), z.floor()
+        upper_weight = z.sub_(lower)
+        x = x.mul_(self.scale_x).add_(m * self.scale_x - 1.0)
+        y = y.mul_(self.scale_y).add_(m * self.scale_y - 1.0)
+        out = None
+        for corner, weight in ((lower, 1.0 - upper_weight), (lower + 1.0, upper_weight)):
+            if self.padding == "zeros":
+                weight = weight * ((corner >= 0) & (corner <= d - 1))
+                corner = corner.clamp(0.0, d - 1.0)
+            tile_row = torch.div(corner, self.cols, rounding_mode="floor")
+            grid2d = torch.stack([(corner - tile_row * self.cols).mul_(self.tile_x).add_(x),
+                                  tile_row.mul_(self.tile_y).add_(y)], dim=-1)
+            part = F.grid_sample(self.image, grid2d.reshape(b, -1, out_shape[-1], 2), mode="bilinear",
+                                 padding_mode=self.padding, align_corners=True).view(b, c, *out_shape)
+            weight = weight.unsqueeze(1)
+            out = part.mul_(weight) if out is None else out.addcmul_(part, weight)
+        return out
+
+
+def _mosaic_pays(volume: torch.Tensor, padding: Padding, mode: str = "bilinear") -> bool:
+    """Whether :class:`_MosaicSource` serves ``volume`` (see :func:`volume_sampler`)."""
+    b, c, d, h, w = volume.shape
+    margin = 1 if padding == "zeros" else 0
+    rows, cols = _mosaic_layout(d)
+    side = max(rows * (h + 2 * margin), cols * (w + 2 * margin))
+    return not (mode != "bilinear" or volume.device.type != "cpu" or d < 2 or side > MOSAIC_MAX_SIDE
+                or c < MOSAIC_MIN_CHANNELS or (torch.is_grad_enabled() and volume.requires_grad))
+
+
 def volume_sampler(volume: torch.Tensor, padding: Padding = "zeros", mode: str = "bilinear"
                    ) -> Callable[[torch.Tensor], torch.Tensor]:
     """``grid -> F.grid_sample(volume, grid, mode, padding, align_corners=True)`` for a 5-D
@@ -116,54 +169,48 @@ def volume_sampler(volume: torch.Tensor, padding: Padding = "zeros", mode: str =
     float rounding of the sample position (~2e-4 voxel, :data:`MOSAIC_MAX_SIDE`); zero padding
     is exact per corner (a zero margin around every tile), border padding clamps as in 3-D.
     It pays where several channels are read at many points (:data:`MOSAIC_MIN_CHANNELS`): the written 1 mm inverse warp samples
-    the 12 channels of a model-grid field and its gradient 1.4x faster (2.27 -> 1.59 s); the CPU
-    backend's network (sampler ``mosaic``) tiles each scale's features once for its N steps: the
-    8-channel warp at 80 x 96 x 112 ~130 -> ~90 ms, 16 channels at 40 x 48 x 56 ~40 -> ~13 ms.
+    the 12 channels of a model-grid field and its gradient 1.4x faster (2.27 -> 1.59 s).
+    :func:`displaced_sampler` is the same for displacements in voxels (the network's feature warps).
     """
-    b, c, d, h, w = volume.shape
-    margin = 1 if padding == "zeros" else 0
-    rows, cols = _mosaic_layout(d)
-    side = max(rows * (h + 2 * margin), cols * (w + 2 * margin))
-
     def plain(grid: torch.Tensor) -> torch.Tensor:
         return F.grid_sample(volume, grid, mode=mode, padding_mode=padding, align_corners=True)
 
-    if (mode != "bilinear" or volume.device.type != "cpu" or d < 2 or side > MOSAIC_MAX_SIDE
-            or c < MOSAIC_MIN_CHANNELS or (torch.is_grad_enabled() and volume.requires_grad)):
+    if not _mosaic_pays(volume, padding, mode):
         return plain
-    image, cols = _mosaic(volume.float(), margin)
-    scale_y, scale_x = 2.0 / (image.shape[2] - 1), 2.0 / (image.shape[3] - 1)
-    tile_y, tile_x = (h + 2 * margin) * scale_y, (w + 2 * margin) * scale_x
+    source = _MosaicSource(volume, padding)
+    d, h, w = volume.shape[2:]
 
     def mosaic(grid: torch.Tensor) -> torch.Tensor:
         if torch.is_grad_enabled() and grid.requires_grad:
             return plain(grid)
         grid = grid.float()
-        out_shape = grid.shape[1:4]
         x = (grid[..., 0] + 1.0) * (0.5 * (w - 1))
         y = (grid[..., 1] + 1.0) * (0.5 * (h - 1))
         z = (grid[..., 2] + 1.0) * (0.5 * (d - 1))
-        if padding == "border":
-            x, y, z = x.clamp(0.0, w - 1.0), y.clamp(0.0, h - 1.0), z.clamp(0.0, d - 1.0)
-            lower = z.floor().clamp_(max=d - 2.0)
-        else:  # past the margin both corners are outside: 0 either way
-            x, y, lower = x.clamp(-1.0, float(w)), y.clamp(-1.0, float(h)), z.floor()
-        upper_weight = z - lower
-        x, y = x * scale_x + (margin * scale_x - 1.0), y * scale_y + (margin * scale_y - 1.0)
-        out = None
-        for corner, weight in ((lower, 1.0 - upper_weight), (lower + 1.0, upper_weight)):
-            if padding == "zeros":
-                weight = weight * ((corner >= 0) & (corner <= d - 1))
-                corner = corner.clamp(0.0, d - 1.0)
-            tile_row = torch.div(corner, cols, rounding_mode="floor")
-            grid2d = torch.stack([(corner - tile_row * cols) * tile_x + x, tile_row * tile_y + y], dim=-1)
-            part = F.grid_sample(image, grid2d.reshape(b, -1, out_shape[2], 2), mode="bilinear",
-                                 padding_mode=padding, align_corners=True).view(b, c, *out_shape)
-            part = part * weight.unsqueeze(1)
-            out = part if out is None else out.add_(part)
-        return out
+        return source.sample(x, y, z)
 
     return mosaic
+
+
+def displaced_sampler(volume: torch.Tensor, padding: Padding = "zeros") -> Callable[[torch.Tensor], torch.Tensor]:
+    """``disp -> warp_gridsample(volume, disp, padding)`` (trilinear, voxel displacements on the
+    volume's own grid) for a volume read at many displacements: the CPU backend's network warps
+    each scale's features N times. Through :class:`_MosaicSource` where it pays (tiled once, voxel
+    coordinates straight from the displacement: no normalised grid), else ``warp_gridsample``."""
+    if not _mosaic_pays(volume, padding):
+        return lambda disp: warp_gridsample(volume, disp, padding=padding)
+    source = _MosaicSource(volume, padding)
+    axes = [torch.arange(n, dtype=torch.float32).view([n if k == j else 1 for k in range(3)])
+            for j, n in enumerate(volume.shape[2:])]
+
+    def sample(disp: torch.Tensor) -> torch.Tensor:
+        if disp.shape[2:] != volume.shape[2:] or (torch.is_grad_enabled() and disp.requires_grad):
+            return warp_gridsample(volume, disp, padding=padding)
+        disp = disp.float()
+        z, y, x = (disp[:, k] + axes[k] for k in range(3))
+        return source.sample(x, y, z)
+
+    return sample
 
 
 def normalised_grid(displacement: torch.Tensor, size_in) -> torch.Tensor:

@@ -40,6 +40,7 @@ from dccnn_deploy.preprocess.grid import (
     Grid,
     apply_affine,
     bounding_grid,
+    foreground_corners,
     sample_affine,
     sample_points,
     voxel_transform,
@@ -108,16 +109,6 @@ def centre_of_mass(weights: np.ndarray, affine: np.ndarray) -> np.ndarray:
     return apply_affine(affine, np.asarray(index))
 
 
-def _foreground_corners(mask: np.ndarray, affine: np.ndarray) -> np.ndarray:
-    """World corners ``(8, 3)`` of the voxel bounding box of ``mask`` (all of it if empty)."""
-    bounds = []
-    for k in range(3):
-        present = np.flatnonzero(mask.any(axis=tuple(a for a in range(3) if a != k)))
-        bounds.append((present[0], present[-1]) if present.size else (0, mask.shape[k] - 1))
-    corners = np.array([[bounds[k][c >> k & 1] for k in range(3)] for c in range(8)], dtype=np.float64)
-    return apply_affine(affine, corners)
-
-
 def _box_pool(data: torch.Tensor, affine: np.ndarray, spacing_mm: float) -> tuple[torch.Tensor, np.ndarray]:
     """Average blocks of powers of two voxels while the voxels stay <= ``spacing_mm`` (the affine
     follows)."""
@@ -136,7 +127,7 @@ def _describe(normalised: np.ndarray, affine: np.ndarray) -> _Volume:
     mask = foreground_mask(normalised)
     centre = centre_of_mass(np.where(mask, normalised, 0.0), affine)
     data = torch.from_numpy(np.ascontiguousarray(normalised, dtype=np.float32))[None, None]
-    return _Volume(data, np.asarray(affine, dtype=np.float64), centre, _foreground_corners(mask, affine))
+    return _Volume(data, np.asarray(affine, dtype=np.float64), centre, foreground_corners(mask, affine))
 
 
 def _prepare(data: np.ndarray, affine: np.ndarray, finest_mm: float) -> _Volume:

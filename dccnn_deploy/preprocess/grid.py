@@ -68,6 +68,16 @@ def apply_affine(matrix: np.ndarray, points: np.ndarray) -> np.ndarray:
     return points @ matrix[:3, :3].T + matrix[:3, 3]
 
 
+def foreground_corners(mask: np.ndarray, affine: np.ndarray) -> np.ndarray:
+    """World corners ``(8, 3)`` of the voxel bounding box of ``mask`` (all of it if empty)."""
+    bounds = []
+    for k in range(3):
+        present = np.flatnonzero(mask.any(axis=tuple(a for a in range(3) if a != k)))
+        bounds.append((present[0], present[-1]) if present.size else (0, mask.shape[k] - 1))
+    corners = np.array([[bounds[k][c >> k & 1] for k in range(3)] for c in range(8)], dtype=np.float64)
+    return apply_affine(affine, corners)
+
+
 def model_grid(
     shape: tuple[int, int, int], spacing_mm: float | tuple[float, float, float], centre_world
 ) -> Grid:
@@ -191,3 +201,26 @@ def resample_to_grid(
     if order == 0:
         return np.rint(out).astype(data.dtype) if np.issubdtype(data.dtype, np.integer) else out.astype(data.dtype)
     return out.astype(np.float32)
+
+
+#: room (mm) kept beyond the fixed foreground's box on each side when the model grid is fitted to
+#: it (:func:`fitted_model_grid`): for the moving image's deformation and the network's context
+FIT_MARGIN_MM = 16.0
+
+
+def fitted_model_grid(
+    shape: tuple[int, int, int], spacing_mm: float, centre_world, box_corners: np.ndarray, divisor: int
+) -> Grid:
+    """The RAS model grid of at most ``shape``, shortened along each axis where the fixed image's
+    foreground box (``box_corners``, world ``(8, 3)``) plus :data:`FIT_MARGIN_MM` each side
+    needs fewer voxels, to a multiple of ``divisor`` (the network's padding multiple), and then
+    centred on the box along that axis; the other axes keep ``shape`` and ``centre_world``. A
+    skull-stripped brain needs ~96 of the default grid's 112 voxels along S: the network, which is
+    fully convolutional, then does ~14 % less work and sees only background less."""
+    lo, hi = np.min(box_corners, axis=0), np.max(box_corners, axis=0)
+    full = np.asarray(shape, dtype=np.int64)
+    spacing = np.broadcast_to(np.asarray(spacing_mm, dtype=np.float64), (3,))
+    need = (hi - lo + 2 * FIT_MARGIN_MM) / spacing + 1.0
+    fitted = np.minimum(full, np.ceil(need / divisor).astype(np.int64) * divisor)
+    centre = np.where(fitted < full, (lo + hi) / 2.0, np.asarray(centre_world, dtype=np.float64))
+    return model_grid(tuple(int(n) for n in fitted), spacing_mm, centre)

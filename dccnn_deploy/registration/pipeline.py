@@ -272,7 +272,8 @@ def run(moving: ImageLike, fixed: ImageLike, opts: RegisterOptions | None = None
         matrix, affine_info = np.eye(4), {"skipped": True}
 
     say("resampling to the model grid")
-    prepared = stages.run("resample", prepare_pair, moving_v, fixed_v, matrix, settings)
+    prepared = stages.run("resample", prepare_pair, moving_v, fixed_v, matrix, settings,
+                          network.fit_divisor if network else None)
     say(f"network ({network.backend.name})" if network else "no network: refinement from the identity")
     network_pair = prepared
     if opts.affine and aff.stripped and aff.brain_mask is not None:  # a head against a brain: two brains
@@ -314,7 +315,7 @@ def run(moving: ImageLike, fixed: ImageLike, opts: RegisterOptions | None = None
         "network_input_stripped": [] if network_pair is prepared else list(aff.stripped),
         "refine_iterations": refine_cfg.total_iterations,
         "refine": refine_info,
-        "grid": {"shape": list(settings.grid_shape), "spacing_mm": settings.spacing_mm},
+        "grid": {"shape": list(prepared.grid.shape), "model_shape": list(settings.grid_shape), "spacing_mm": settings.spacing_mm},
         "affine": affine_info,
         "inputs": inputs,
         "options": options_record(opts),

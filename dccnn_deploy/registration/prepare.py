@@ -9,7 +9,7 @@ import numpy as np
 
 from dccnn_deploy.io import Volume
 from dccnn_deploy.preprocess.affine import centre_of_mass
-from dccnn_deploy.preprocess.grid import Grid, model_grid, resample_to_grid
+from dccnn_deploy.preprocess.grid import Grid, fitted_model_grid, foreground_corners, model_grid, resample_to_grid
 from dccnn_deploy.preprocess.intensity import foreground_mask, normalise_intensity
 from dccnn_deploy.preprocess.settings import PreprocessSettings
 
@@ -51,13 +51,21 @@ def normalised(image: np.ndarray, settings: PreprocessSettings) -> np.ndarray:
     return normalise_intensity(image, lower=settings.lower_percentile, upper=settings.upper_percentile)
 
 
-def prepare_pair(moving: Volume, fixed: Volume, matrix: np.ndarray, settings: PreprocessSettings) -> PreparedPair:
+def prepare_pair(moving: Volume, fixed: Volume, matrix: np.ndarray, settings: PreprocessSettings,
+                 fit_divisor: int | None = None) -> PreparedPair:
     """Normalise each image once (``settings``' percentiles), place the RAS model grid
     (``settings``' shape and spacing) on the fixed image's foreground centre of mass and resample
-    both onto it (the moving image through ``matrix``)."""
+    both onto it (the moving image through ``matrix``). ``fit_divisor``: a network that takes any
+    grid size that is a multiple of it; the grid is then shortened to the fixed foreground
+    (:func:`~dccnn_deploy.preprocess.grid.fitted_model_grid`)."""
     fixed_n, moving_n = normalised(fixed.data, settings), normalised(moving.data, settings)
-    centre = centre_of_mass(fixed_n * foreground_mask(fixed_n), fixed.affine)
-    grid = model_grid(tuple(settings.grid_shape), settings.spacing_mm, centre)
+    mask = foreground_mask(fixed_n)
+    centre = centre_of_mass(fixed_n * mask, fixed.affine)
+    if fit_divisor:
+        grid = fitted_model_grid(tuple(settings.grid_shape), settings.spacing_mm, centre,
+                                 foreground_corners(mask, fixed.affine), fit_divisor)
+    else:
+        grid = model_grid(tuple(settings.grid_shape), settings.spacing_mm, centre)
     return PreparedPair(
         grid=grid,
         matrix=matrix,

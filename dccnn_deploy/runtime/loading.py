@@ -23,12 +23,16 @@ KIND_BACKENDS = {".pt": ("torch",), ".onnx": ("onnxruntime",), ".engine": ("tens
 
 @dataclass
 class Network:
-    """A runnable network and what it expects of its inputs (grid, normalisation)."""
+    """A runnable network and what it expects of its inputs (grid, normalisation).
+    ``fit_divisor``: the network takes any grid whose sizes are multiples of it (a checkpoint in
+    torch), so the pipeline may fit the grid to the images; None: only ``settings.grid_shape``
+    (an exported graph or engine of static shape)."""
 
     backend: Backend
     settings: PreprocessSettings
     path: str
     sha256: str
+    fit_divisor: int | None = None
 
     @property
     def grid_shape(self) -> tuple[int, int, int]:
@@ -80,7 +84,8 @@ def open_network(path: str | Path, backend: str = "torch", device: str = "cpu", 
         raise InputError.at(p, "model file not found")
     if kind == ".pt":
         bundle = load_model(p)
-        return Network(TorchBackend(bundle.model, device, precision=precision), bundle.settings, str(p), bundle.sha256)
+        return Network(TorchBackend(bundle.model, device, precision=precision), bundle.settings, str(p), bundle.sha256,
+                       fit_divisor=bundle.model.config.divisor)
     if kind == ".onnx":
         try:
             ort_backend = OnnxRuntimeBackend(p, device)
