@@ -46,7 +46,9 @@ class CNNLSTMBlock(nn.Module):
     def forward(
         self, warped: torch.Tensor, other: torch.Tensor, disp: torch.Tensor, c: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        gates = self.gates(_cat_channels([warped, other, disp], self.gates)).contiguous()  # NCDHW for the gates
+        gates = self.gates(_cat_channels([warped, other, disp], self.gates))
+        # NCDHW float32 in one copy (autocast's bfloat16 gates: the LSTM update is faster and exact in float32)
+        gates = gates.to(dtype=torch.promote_types(gates.dtype, disp.dtype), memory_format=torch.contiguous_format)
         f, i, g, o = torch.split(gates, 3, dim=1)
         c_new = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
         u = torch.sigmoid(o) * torch.tanh(c_new)

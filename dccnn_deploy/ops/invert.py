@@ -9,7 +9,7 @@ nearly singular the step falls back to the fixed-point update ``w <- -u(y + w)``
 cannot jump. The fixed-point iteration alone only converges where ``|grad u| < 1``; the
 multi-pass fields of the shipped model compress more than that at the brain's edge, where it
 stalled at ~1 voxel residual and folded, while Newton reaches ~1e-4 voxel in a few steps.
-Sampling uses :func:`dccnn_deploy.ops.warp.volume_sampler` (border padding, voxel units).
+Sampling uses :func:`dccnn_deploy.ops.warp.displaced_sampler` (border padding, voxel units).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from dccnn_deploy.ops.jacobian import jacobian_determinant, spatial_gradient
-from dccnn_deploy.ops.warp import compose, normalised_grid, vector_length, volume_sampler, warp_gridsample
+from dccnn_deploy.ops.warp import compose, displaced_sampler, vector_length, warp_gridsample
 
 #: Newton iterations of :func:`invert_displacement` at most (it stops earlier at ``tolerance``)
 INVERT_ITERATIONS = 12
@@ -90,13 +90,13 @@ def invert_displacement(
     """
     u = forward.float()
     sources = field_and_gradient(u)
-    sample = volume_sampler(sources, "border")  # built once: 12 channels, up to `iterations` reads
+    sample = displaced_sampler(sources, "border")  # built once: 12 channels, up to `iterations` reads
     if init is None:
         w = -warp_gridsample(u, -u, padding="border")  # one read: no mosaic to build
     else:
         w = init.detach().float().clone()
     for _ in range(iterations):
-        sampled = sample(normalised_grid(w, sources.shape[2:]))
+        sampled = sample(w)
         residual = w + sampled[:, :3]
         if float(vector_length(residual).mean()) < tolerance:
             break
