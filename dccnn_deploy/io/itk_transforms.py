@@ -159,11 +159,15 @@ def _write_text(path: Path, params: np.ndarray) -> None:
 
 
 def _write_mat(path: Path, params: np.ndarray) -> None:
-    """MATLAB v4, as ITK's MatlabTransformIO (and ANTs) write it."""
-    from scipy.io import savemat  # here: importing scipy.io costs ~0.15 s of start-up
-
+    """MATLAB v4, as ITK's MatlabTransformIO (and ANTs) write it: per variable a header of five
+    little-endian int32 (type 0 = double full matrix, rows, columns, no imaginary part, name
+    length with its NUL), the name, then the values as float64 in column order. Written here
+    (the same bytes as ``scipy.io.savemat(..., format="4")``): importing scipy.io costs ~0.2 s."""
     with open(path, "wb") as f:
-        savemat(f, {AFFINE_TYPE: params.reshape(12, 1), "fixed": np.zeros((3, 1))}, format="4")
+        for name, values in ((AFFINE_TYPE, params), ("fixed", np.zeros(3))):
+            column = np.asarray(values, dtype="<f8").reshape(-1)
+            label = name.encode("ascii") + b"\0"
+            f.write(np.array([0, column.size, 1, 0, len(label)], dtype="<i4").tobytes() + label + column.tobytes())
 
 
 def save_itk_affine(path: str | os.PathLike, matrix_ras: np.ndarray, overwrite: bool = False) -> Path:
