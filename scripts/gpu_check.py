@@ -237,7 +237,7 @@ def prepare(out: Path, moving: Path, fixed: Path, model_path: Path) -> None:
     bundle = load_model(model_path)
     mov, fix = load_volume(moving), load_volume(fixed)
     matrix = register_affine(mov.data, mov.affine, fix.data, fix.affine).matrix
-    pair = prepare_pair(mov, fix, matrix, bundle.grid_shape, bundle.spacing_mm)
+    pair = prepare_pair(mov, fix, matrix, bundle.settings)  # the model's whole grid, as an engine sees it
     out.mkdir(parents=True, exist_ok=True)
     np.save(out / "moving_g.npy", pair.moving_g)
     np.save(out / "fixed_g.npy", pair.fixed_g)

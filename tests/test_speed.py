@@ -252,6 +252,23 @@ def test_gpu_check_dry_run(tmp_path):
     assert float(register["value"]) > 0, register
 
 
+def test_gpu_check_prepare_writes_the_pair_on_the_whole_model_grid(study, tmp_path):
+    """``gpu_check.py --prepare`` (run here before carrying arrays to a GPU machine): the pair as
+    ``dccnn register`` prepares it, on the model's whole grid (an engine's static shape)."""
+    import importlib.util
+
+    import numpy as np
+
+    spec = importlib.util.spec_from_file_location("gpu_check", ROOT / "scripts" / "gpu_check.py")
+    gpu_check = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gpu_check)
+    gpu_check.prepare(tmp_path / "data", study["moving"], study["fixed"], study["model"])
+    for name in ("moving_g.npy", "fixed_g.npy"):
+        array = np.load(tmp_path / "data" / name)
+        assert array.shape == (32, 32, 32) and np.isfinite(array).all() and array.max() > 0.5
+    assert (tmp_path / "data" / "moving.nii.gz").is_file() and (tmp_path / "data" / "fixed.nii.gz").is_file()
+
+
 @pytest.mark.parametrize("padding", [0, 1, (2, 1, 1)])
 def test_stride_one_transposed_convolution_becomes_an_equal_convolution(padding):
     torch.manual_seed(0)
