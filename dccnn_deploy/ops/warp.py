@@ -94,6 +94,11 @@ def _mosaic_layout(depth: int) -> tuple[int, int]:
     return math.ceil(depth / cols), cols
 
 
+def _mosaic_margin(padding: Padding) -> int:
+    """Zero pixels around each tile: one for zero padding (exact per corner), none for border."""
+    return 1 if padding == "zeros" else 0
+
+
 def _mosaic(volume: torch.Tensor, margin: int) -> tuple[torch.Tensor, int]:
     """``(B, C, D, H, W)`` -> its slices tiled into a ``(B, C, rows*(H+2m), cols*(W+2m))`` image
     (``margin`` zero pixels around each slice, :func:`_mosaic_layout`), and ``cols``."""
@@ -113,7 +118,7 @@ class _MosaicSource:
     def __init__(self, volume: torch.Tensor, padding: Padding):
         self.shape = volume.shape
         self.padding = padding
-        self.margin = 1 if padding == "zeros" else 0
+        self.margin = _mosaic_margin(padding)
         self.image, self.cols = _mosaic(volume.float(), self.margin)
         d, h, w = self.shape[2:]
         self.scale_y, self.scale_x = 2.0 / (self.image.shape[2] - 1), 2.0 / (self.image.shape[3] - 1)
@@ -151,7 +156,7 @@ class _MosaicSource:
 def _mosaic_pays(volume: torch.Tensor, padding: Padding, mode: str = "bilinear") -> bool:
     """Whether :class:`_MosaicSource` serves ``volume`` (see :func:`volume_sampler`)."""
     b, c, d, h, w = volume.shape
-    margin = 1 if padding == "zeros" else 0
+    margin = _mosaic_margin(padding)
     rows, cols = _mosaic_layout(d)
     side = max(rows * (h + 2 * margin), cols * (w + 2 * margin))
     return not (mode != "bilinear" or volume.device.type != "cpu" or d < 2 or side > MOSAIC_MAX_SIDE
