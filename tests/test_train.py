@@ -71,9 +71,11 @@ def data_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def run_a(data_dir, tmp_path_factory):
-    """One uninterrupted 4-step run (shared by the checkpoint and the resume tests)."""
+    """One uninterrupted 4-step run (shared by the checkpoint and the resume tests), its
+    learning rate annealed over the last 3 steps (so the resume test covers the schedule)."""
     out = tmp_path_factory.mktemp("run_a")
-    return tiny_config(data_dir), out, train(tiny_config(data_dir), out, progress=False)
+    cfg = tiny_config(data_dir, lr=1e-3, lr_anneal_start=1, lr_anneal_steps=3, lr_final=1e-4)
+    return cfg, out, train(cfg, out, progress=False)
 
 
 def train_rows(out: Path) -> list[dict]:
@@ -106,10 +108,21 @@ def test_config_toml_round_trip_and_errors(tmp_path):
     assert cfg.iterations == 7 and cfg.model == TINY and cfg.loss.cycle == 0.5 and cfg.loss.jacobian == 1e5
     assert cfg.data.images == [str(tmp_path / "imgs")] and cfg.data.val_subjects == ["a", "b"]
     assert TrainConfig.from_dict(cfg.to_dict()) == cfg
-    for bad in ('[data]\nimagez = ["x"]\n', 'amp = "fp8"\n', "grid_shape = [16, 16]\n", "[model]\nscales = 0\n"):
+    for bad in ('[data]\nimagez = ["x"]\n', 'amp = "fp8"\n', "grid_shape = [16, 16]\n", "[model]\nscales = 0\n",
+                "lr = 1e-4\nlr_final = 1e-3\n", "lr_anneal_steps = -1\n"):
         path.write_text(bad)
         with pytest.raises(ValueError, match=str(path)):
             TrainConfig.load(path)
+
+
+def test_learning_rate_is_constant_then_a_half_cosine():
+    cfg = TrainConfig(lr=1e-3, iterations=10)
+    assert [cfg.learning_rate(s) for s in (1, 10, 11)] == [1e-3] * 3  # no anneal: constant
+    cfg = replace(cfg, lr_anneal_start=6, lr_anneal_steps=4, lr_final=1e-4)
+    rates = [cfg.learning_rate(s) for s in range(1, 13)]
+    assert rates[:6] == [1e-3] * 6 and rates[9] == pytest.approx(1e-4) and rates[11] == pytest.approx(1e-4)
+    assert rates[7] == pytest.approx(5.5e-4)  # half-way: the mean of lr and lr_final
+    assert all(a > b for a, b in zip(rates[5:10], rates[6:10]))
 
 
 def test_default_recipe_is_the_paper_model():
@@ -201,7 +214,9 @@ def test_training_writes_checkpoints_and_log(run_a):
     assert [r["kind"] for r in rows] == ["train", "train", "val", "train", "train", "val"]
     for r in train_rows(out):
         assert all(np.isfinite(float(r[k])) for k in ("loss", *LOSS_TERMS, "lr", "seconds") if k != "label_dice")
+        assert float(r["lr"]) == pytest.approx(cfg.learning_rate(int(r["step"])))
         assert r["label_dice"] == ""  # weight 0 (the paper's losses alone): not computed
+    assert [float(r["lr"]) for r in train_rows(out)][::3] == pytest.approx([1e-3, 1e-4])  # annealed
     val = [r for r in rows if r["kind"] == "val"][-1]
     assert 0 < float(val["dice"]) <= 1 and float(val["score"]) == float(val["dice"])
     bundle = load_model(out / "last.pt")  # weights_only loading of the package format

@@ -16,6 +16,7 @@ are expanded, so the resolved config names absolute paths.
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -187,7 +188,8 @@ class TrainConfig:
     moving image, and its labels, first pulled through the current network's own forward field
     without gradients), so that the network also learns the small residual motions that the
     inference passes after the first one see (0: every step on the raw pair, as the paper).
-    Steps are counted from 1; validation runs every ``val_every`` steps and ``last.pt`` is
+    ``lr_anneal_start`` / ``lr_anneal_steps`` / ``lr_final``: the learning-rate schedule
+    (:meth:`learning_rate`; 0 steps: a constant ``lr``). Steps are counted from 1; validation runs every ``val_every`` steps and ``last.pt`` is
     written every ``checkpoint_every`` steps (and both at the last step)."""
 
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -196,6 +198,9 @@ class TrainConfig:
     spacing_mm: float = DEFAULT_SPACING_MM
     crop_shape: tuple[int, ...] = ()
     lr: float = 1e-4
+    lr_anneal_start: int = 0
+    lr_anneal_steps: int = 0
+    lr_final: float = 0.0
     batch_size: int = 1
     iterations: int = 100_000
     val_every: int = 1000
@@ -227,6 +232,19 @@ class TrainConfig:
             raise ValueError(f"amp must be 'bf16', 'fp16' or 'off', got {self.amp!r}")
         if not 0.0 <= self.cascade_prob <= 1.0:
             raise ValueError(f"cascade_prob must be in [0, 1], got {self.cascade_prob}")
+        if min(self.lr_anneal_start, self.lr_anneal_steps) < 0 or not 0.0 <= self.lr_final <= self.lr:
+            raise ValueError("lr_anneal_start and lr_anneal_steps must be >= 0 and lr_final in [0, lr]")
+
+    def learning_rate(self, step: int) -> float:
+        """The learning rate of optimizer step ``step`` (from 1): ``lr`` up to step
+        ``lr_anneal_start``, then a half cosine from ``lr`` down to ``lr_final`` over
+        ``lr_anneal_steps`` steps, then ``lr_final`` (0 steps: ``lr`` throughout). A function of the
+        step alone: a resumed run continues the same schedule."""
+        start = self.lr_anneal_start
+        if self.lr_anneal_steps == 0 or step <= start:
+            return self.lr
+        t = min(1.0, (step - start) / self.lr_anneal_steps)
+        return self.lr_final + 0.5 * (self.lr - self.lr_final) * (1.0 + math.cos(math.pi * t))
 
     @property
     def uses_real(self) -> bool:

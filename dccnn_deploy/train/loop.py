@@ -242,8 +242,6 @@ class _Run:
             raise ValueError(f"{path}: not a training checkpoint (no optimizer state)")
         self.net.load_state_dict(ckpt["state_dict"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
-        for group in self.optimizer.param_groups:
-            group["lr"] = self.config.lr
         if ckpt.get("scaler") and self.scaler.is_enabled():
             self.scaler.load_state_dict(ckpt["scaler"])
         self.sampler.load_state_dict(ckpt.get("sampler", {}))
@@ -296,6 +294,8 @@ class _Run:
         if not math.isfinite(float(total.detach())):
             raise FloatingPointError(f"non-finite loss at step {self.step} (pairs {names})")
         self.optimizer.zero_grad(set_to_none=True)
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.config.learning_rate(self.step)
         self.scaler.scale(total).backward()
         self.scaler.step(self.optimizer)
         self.scaler.update()
