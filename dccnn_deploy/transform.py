@@ -8,7 +8,7 @@ A :class:`Registration` holds
   (``None``: affine only). ``forward`` maps the grid (fixed side) into the affinely moved grid,
   ``inverse`` the other way;
 * ``exact_inverse``: the inverse map is refined at every point it is evaluated on to the
-  preimage under the forward map (one Newton step from the interpolated ``inverse``), so the
+  preimage under the forward map (one quasi-Newton step from the interpolated ``inverse``), so the
   written inverse warp inverts the written forward warp between model-grid nodes too.
 
 The forward map (fixed world -> moving world) is ``x -> M A_g (v + u_f(v))`` with
@@ -32,15 +32,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from dccnn_deploy.ops.invert import field_and_gradient, newton_step
-from dccnn_deploy.ops.jacobian import jacobian_determinant
-from dccnn_deploy.ops.warp import volume_sampler
+from dccnn_deploy.ops.jacobian import axis_derivative, jacobian_determinant
+from dccnn_deploy.ops.warp import vector_length, volume_sampler
 from dccnn_deploy.preprocess.grid import Grid
 
-#: Newton iterations refining each written inverse point (:func:`_preimage`): from the
-#: interpolated node inverse one brings the written 1 mm warps of a 5-pass donor pair from 0.29 to
-#: 0.13 mm inverse consistency (SimpleITK, fwd then inv); more gain < 0.01 mm
-INVERSE_POINT_ITERATIONS = 1
 #: largest correction of an interpolated inverse point (model voxels): a real one is ~0.1; where a
 #: forward cell is compressed so much that its trilinear interpolant folds, uncapped steps
 #: (up to 1 voxel) folded 0.015 % of the Colin27 head -> ICBM brain inverse warp, capped none
@@ -129,19 +124,29 @@ class Registration:
         with ``preimage_of`` (a field ``f``), ``v + u(v)`` is refined to the point that ``id + f``
         maps onto ``v`` (:func:`_preimage`)."""
         points = _affine_volume(out_matrix @ to_grid_voxels, target.shape)
-        if field is not None:
-            source = volume_sampler(_field_file_order(field), "border")
-            inverted = None if preimage_of is None else volume_sampler(
-                _field_file_order(field_and_gradient(preimage_of.float())), "border")
-            to_norm = _normaliser(self.grid.shape) @ to_grid_voxels
-            linear = torch.tensor(np.asarray(out_matrix)[:3, :3], dtype=torch.float32)
-            for a, b in _slabs(points.shape[1]):
-                grid = _affine_volume(to_norm, target.shape, channels_last=True, planes=(a, b))
-                u = _sample_file_order(source, grid, grid.shape[:3])
-                if inverted is not None:
-                    u = _preimage(inverted, grid, u, self.grid.shape)
+        if field is None:
+            return _from_file_order(points)
+        source = volume_sampler(_field_file_order(field), "border")
+        to_norm = _normaliser(self.grid.shape) @ to_grid_voxels
+        linear = torch.tensor(np.asarray(out_matrix)[:3, :3], dtype=torch.float32)
+        slabs = _slabs(points.shape[1])
+        grids = lambda a, b: _affine_volume(to_norm, target.shape, channels_last=True, planes=(a, b))  # noqa: E731
+        sampled = torch.empty_like(points) if preimage_of is not None else None
+        for a, b in slabs:
+            grid = grids(a, b)
+            u = _sample_file_order(source, grid, grid.shape[:3])
+            if sampled is not None:  # the preimage step needs u's neighbours in the next slab too
+                sampled[:, a:b] = u
+                continue
+            part = points[:, a:b]
+            part.copy_(torch.addmm(part.reshape(3, -1), linear, u.view(3, -1)).view(part.shape))
+        if sampled is not None:
+            forward = volume_sampler(_field_file_order(preimage_of), "border")
+            per_grid_voxel = np.linalg.inv(np.asarray(to_grid_voxels, dtype=np.float64)[:3, :3])
+            for a, b in slabs:
+                u = _preimage(forward, grids(a, b), sampled, (a, b), per_grid_voxel, self.grid.shape)
                 part = points[:, a:b]
-                part.copy_(torch.addmm(part.reshape(3, -1), linear, u.view(3, -1)).view(part.shape))
+                part.copy_(torch.addmm(part.reshape(3, -1), linear, u.reshape(3, -1)).view(part.shape))
         return _from_file_order(points)
 
     def forward_points(self, target: Grid) -> torch.Tensor:
@@ -157,25 +162,40 @@ class Registration:
         return self._map(to_grid, a_g, target, self.inverse, self.forward if exact else None)
 
 
-def _preimage(sources, grid: torch.Tensor, u: torch.Tensor, grid_shape) -> torch.Tensor:
-    """Newton-refined inverse displacement at arbitrary points of the model grid.
+def _preimage(forward, grid: torch.Tensor, sampled: torch.Tensor, planes: tuple[int, int],
+              per_grid_voxel: np.ndarray, grid_shape) -> torch.Tensor:
+    """Newton-refined inverse displacement at the target voxels of one slab (file-order planes
+    ``planes``) inside the model grid.
 
-    ``grid``: the points ``w`` (normalised, channels last, file order), ``u``: the inverse field
-    sampled there (voxels, ``(3, *S)``), ``sources``: a sampler of the forward field and its gradient
-    (:func:`~dccnn_deploy.ops.invert.field_and_gradient`, file order). Returns ``d`` with
-    ``d + f(w + d) = 0``: the written inverse is then the inverse of the forward map at every
-    voxel it is written on, not only at the model-grid nodes (trilinear interpolation of the
-    node inverse alone leaves ~0.3 mm at 1 mm where the forward map is far from affine).
+    ``grid``: the slab's points ``w`` (normalised, channels last, file order); ``sampled``: the
+    interpolated inverse field ``u`` at every target voxel (model voxels, ``(3, *file order)``);
+    ``forward``: a sampler of the forward field ``f`` (file order); ``per_grid_voxel``: target
+    voxels per model-grid voxel (3x3). Returns ``d`` with ``d + f(w + d) ~ 0``: the written inverse
+    is then the inverse of the forward map at every voxel it is written on, not only at the
+    model-grid nodes (trilinear interpolation of the node inverse alone leaves ~0.3 mm at 1 mm
+    where the forward map is far from affine). The step ``d <- d - (I + grad u) r`` with the residual
+    ``r = d + f(w + d)`` takes the inverse of the forward Jacobian at ``w + d`` as the Jacobian of
+    the inverse map at ``w`` (equal at the solution), from central differences of ``u`` between
+    the target voxels: one 3-channel read a point instead of the forward field's 12 channels and
+    gradient (same residual, ~0.014 mm mean on Colin27 -> ICBM 2009c; docs/benchmarks.md).
     Points outside the model grid keep ``u`` (the fields are constant-extended there).
     """
-    scale = torch.tensor([(n - 1) / 2.0 for n in grid_shape], dtype=torch.float32).view(3, 1, 1, 1)
-    d = u.contiguous()  # (3, *S) voxels
+    a, b = planes
+    n = sampled.shape[1]
+    lo, hi = max(a - 1, 0), min(b + 1, n)
+    halo = sampled[None, :, lo:hi]
+    d = sampled[:, a:b]
+    # d u / d (target voxel i, j, k): file-order axes are (k, j, i)
+    along = [axis_derivative(halo, axis)[0, :, a - lo : b - lo] for axis in (2, 1, 0)]
+    scale = torch.tensor([(m - 1) / 2.0 for m in grid_shape], dtype=torch.float32).view(3, 1, 1, 1)
+    step = d + _sample_file_order(forward, grid + (d / scale).permute(1, 2, 3, 0), grid.shape[:3])  # r
+    residual = step.clone()
+    for c in range(3):  # + (d u / d w_c) r_c, d u / d w_c = sum_m d u / d p_m * d p_m / d w_c
+        du_dw = sum(along[m] * float(per_grid_voxel[m, c]) for m in range(3))
+        step.addcmul_(du_dw, residual[c : c + 1])
+    step.mul_(torch.clamp(PREIMAGE_MAX_STEP / (vector_length(step[None])[0] + 1e-12), max=1.0))
     outside = (grid.abs() > 1.0).any(dim=-1)
-    for _ in range(INVERSE_POINT_ITERATIONS):
-        sampled = _sample_file_order(sources, grid + (d / scale).permute(1, 2, 3, 0), grid.shape[:3])[None]
-        step = newton_step(sampled, d[None] + sampled[:, :3], fallback=False, max_step=PREIMAGE_MAX_STEP)[0]
-        d = d - step.masked_fill_(outside, 0.0)
-    return d
+    return d - step.masked_fill_(outside, 0.0)
 
 
 def apply_matrix(matrix: np.ndarray, points: torch.Tensor) -> torch.Tensor:

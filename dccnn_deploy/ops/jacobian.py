@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 
 
-def _diff(field: torch.Tensor, axis: int) -> torch.Tensor:
+def axis_derivative(field: torch.Tensor, axis: int) -> torch.Tensor:
     """Derivative of ``field`` along spatial ``axis`` (0, 1, 2 -> tensor dims 2, 3, 4)."""
     dim = axis + 2
     n = field.shape[dim]
@@ -26,7 +26,7 @@ def _diff(field: torch.Tensor, axis: int) -> torch.Tensor:
 
 def spatial_gradient(field: torch.Tensor) -> torch.Tensor:
     """``(B, C, D, H, W)`` -> ``(B, C, 3, D, H, W)``: d field_c / d axis_k (per voxel)."""
-    return torch.stack([_diff(field, k) for k in range(3)], dim=2)
+    return torch.stack([axis_derivative(field, k) for k in range(3)], dim=2)
 
 
 def jacobian_determinant(displacement: torch.Tensor) -> torch.Tensor:
@@ -35,7 +35,7 @@ def jacobian_determinant(displacement: torch.Tensor) -> torch.Tensor:
     The determinant is invariant to voxel spacing (diag(s) J diag(s)^-1 has the same det), so
     voxel units give the physical Jacobian determinant for any spacing.
     """
-    g = [_diff(displacement, k) for k in range(3)]  # d u / d axis_k (no stacked copy: h runs every step)
+    g = [axis_derivative(displacement, k) for k in range(3)]  # d u / d axis_k (no stacked copy: h runs every step)
     a = [[g[c][:, r] + (1.0 if r == c else 0.0) for c in range(3)] for r in range(3)]
     det = (
         a[0][0] * (a[1][1] * a[2][2] - a[1][2] * a[2][1])
@@ -47,4 +47,4 @@ def jacobian_determinant(displacement: torch.Tensor) -> torch.Tensor:
 
 def divergence(field: torch.Tensor) -> torch.Tensor:
     """div u = sum_k d u_k / d axis_k, ``(B, 3, D, H, W)`` -> ``(B, 1, D, H, W)``."""
-    return sum(_diff(field[:, k : k + 1], k) for k in range(3))
+    return sum(axis_derivative(field[:, k : k + 1], k) for k in range(3))
