@@ -92,3 +92,18 @@ def test_numerical_inverse_from_scratch_matches_the_one_started_from_a_near_inve
     inner = (slice(None), slice(None), *(slice(4, -4),) * 3)  # away from the border padding
     assert float(inverse_residual(fwd, scratch)[inner].max()) < 0.02
     assert float((scratch - started)[inner].abs().max()) < 0.02
+
+
+def test_inverse_consistency_repairs_a_folded_forward_field_locally():
+    from dccnn_deploy.ops.invert import make_inverse_consistent
+    from dccnn_deploy.ops.jacobian import jacobian_determinant
+
+    fwd = torch.zeros(1, 3, 16, 16, 16)
+    fwd[0, 0, 8, 6:10, 6:10] = 3.0  # a patch pushed past its neighbours: det J <= 0 next to it
+    assert int((jacobian_determinant(fwd) <= 0).sum()) > 0
+    repaired, inverse = make_inverse_consistent(fwd, None)
+    assert int((jacobian_determinant(repaired) <= 0).sum()) == 0
+    assert int((jacobian_determinant(inverse) <= 0).sum()) == 0
+    assert torch.equal(repaired[..., :4, :, :], fwd[..., :4, :, :])  # far from the fold: untouched
+    clean = 0.3 * torch.sin(torch.linspace(0, 3, 16)).expand(1, 3, 16, 16, 16).contiguous()
+    assert make_inverse_consistent(clean, None)[0] is clean  # a fold-free field is returned as given
