@@ -58,6 +58,12 @@ def _slabs(n: int, size: int = SLAB):
     return [(s, min(s + size, n)) for s in range(0, n, size)]
 
 
+def _with_halo(start: int, stop: int, n: int) -> tuple[int, int]:
+    """Planes ``start .. stop-1`` widened by one plane each side within ``range(n)``: the central
+    differences of a slab then equal those of the whole volume."""
+    return max(start - 1, 0), min(stop + 1, n)
+
+
 def _affine_volume(
     matrix: np.ndarray, shape: tuple[int, int, int], channels_last: bool = False, planes: tuple[int, int] | None = None
 ) -> torch.Tensor:
@@ -164,7 +170,7 @@ class Registration:
 
 def _preimage(forward, grid: torch.Tensor, sampled: torch.Tensor, planes: tuple[int, int],
               per_grid_voxel: np.ndarray, grid_shape) -> torch.Tensor:
-    """Newton-refined inverse displacement at the target voxels of one slab (file-order planes
+    """Quasi-Newton-refined inverse displacement at the target voxels of one slab (file-order planes
     ``planes``) inside the model grid.
 
     ``grid``: the slab's points ``w`` (normalised, channels last, file order); ``sampled``: the
@@ -181,8 +187,7 @@ def _preimage(forward, grid: torch.Tensor, sampled: torch.Tensor, planes: tuple[
     Points outside the model grid keep ``u`` (the fields are constant-extended there).
     """
     a, b = planes
-    n = sampled.shape[1]
-    lo, hi = max(a - 1, 0), min(b + 1, n)
+    lo, hi = _with_halo(a, b, sampled.shape[1])
     halo = sampled[None, :, lo:hi]
     d = sampled[:, a:b]
     # d u / d (target voxel i, j, k): file-order axes are (k, j, i)
@@ -243,14 +248,13 @@ def map_jacobian(points: torch.Tensor, target: Grid, slab: int = 8) -> np.ndarra
     pts = _file_order(points).float()
     n = pts.shape[1]
     out = torch.empty(pts.shape[1:], dtype=torch.float32)
-    for start in range(0, n, slab):
-        lo, hi = max(start - 1, 0), min(start + slab + 1, n)
+    for start, stop in _slabs(n, slab):
+        lo, hi = _with_halo(start, stop, n)
         part = pts[:, lo:hi]
         vox = torch.addmm(m[:, 3:4], m[:, :3], part.reshape(3, -1)).view(part.shape)
         identity = reverse.copy()
         identity[0, 3] = lo  # the slab's first plane is plane ``lo`` of the volume
         vox -= _affine_volume(identity, target.shape[:2] + (hi - lo,))
         det = jacobian_determinant(vox[None])[0, 0]
-        stop = min(start + slab, n)
         out[start:stop] = det[start - lo : stop - lo]
     return out.numpy().T

@@ -189,8 +189,9 @@ class TrainConfig:
     without gradients), so that the network also learns the small residual motions that the
     inference passes after the first one see (0: every step on the raw pair, as the paper).
     ``lr_anneal_start`` / ``lr_anneal_steps`` / ``lr_final``: the learning-rate schedule
-    (:meth:`learning_rate`; 0 steps: a constant ``lr``). Steps are counted from 1; validation runs every ``val_every`` steps and ``last.pt`` is
-    written every ``checkpoint_every`` steps (and both at the last step)."""
+    (:meth:`learning_rate`; 0 steps: a constant ``lr``). Steps are counted from 1; validation runs
+    every ``val_every`` steps and ``last.pt`` is written every ``checkpoint_every`` steps (and
+    both at the last step)."""
 
     model: ModelConfig = field(default_factory=ModelConfig)
     loss: LossWeights = field(default_factory=LossWeights)
