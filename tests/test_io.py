@@ -6,6 +6,8 @@ world-space transform, on grids with different, oblique, flipped, anisotropic af
 
 from __future__ import annotations
 
+import gzip
+
 import nibabel as nib
 import numpy as np
 import pytest
@@ -26,6 +28,8 @@ from dccnn_deploy.io import (
     voxel_displacement_to_world,
     world_to_voxel_displacement,
 )
+from dccnn_deploy.io.nifti import stores_uncompressed
+from dccnn_deploy.io.stored_gzip import BLOCK, StoredGzipWriter
 from dccnn_deploy.ops import warp_gridsample
 
 sitk = pytest.importorskip("SimpleITK")
@@ -362,3 +366,45 @@ def test_load_itk_affine_errors(tmp_path):
         load_itk_affine(tmp_path / "gone.mat")
     with pytest.raises(InputError, match="x.h5: unsupported transform file type"):
         load_itk_affine(tmp_path / "x.h5")
+
+
+@pytest.mark.parametrize("chunks", [[0], [1], [BLOCK - 1], [BLOCK], [BLOCK + 1], [7, BLOCK - 3, 2 * BLOCK + 5, 1, 0, 40]])
+def test_stored_gzip_round_trip(tmp_path, chunks):
+    """Any sequence of writes, split across block boundaries, gunzips to the same bytes."""
+    rng = np.random.default_rng(len(chunks) + sum(chunks))
+    parts = [rng.integers(0, 256, n, dtype=np.uint8).tobytes() for n in chunks]
+    path = tmp_path / "x.gz"
+    with open(path, "wb") as raw, StoredGzipWriter(raw) as gz:
+        for p in parts:
+            assert gz.write(p) == len(p)
+        assert gz.tell() == sum(chunks)
+    data = path.read_bytes()
+    assert gzip.decompress(data) == b"".join(parts)
+    assert len(data) == sum(chunks) + 18 + 5 * (sum(chunks) // BLOCK + 1)  # full blocks + the final one
+
+
+def test_stored_gzip_seeks_forward_only(tmp_path):
+    path = tmp_path / "x.gz"
+    with open(path, "wb") as raw, StoredGzipWriter(raw) as gz:
+        gz.write(b"ab")
+        assert gz.seek(5) == 5 and gz.seek(1, 1) == 6
+        gz.write(b"c")
+        with pytest.raises(OSError, match="forward only"):
+            gz.seek(2)
+    assert gzip.decompress(path.read_bytes()) == b"ab" + bytes(4) + b"c"
+
+
+def test_displacement_fields_are_stored_and_images_compressed(tmp_path):
+    """Warps go into stored gzip blocks (float32 fields barely compress); scalar images are
+    deflated; nibabel reads both back exactly."""
+    field = np.random.default_rng(0).normal(size=(*FIXED_SHAPE, 3)).astype(np.float32)
+    warp = save_itk_displacement(tmp_path / "warp.nii.gz", field, FIXED_AFFINE)
+    assert stores_uncompressed(nib.load(warp))
+    assert warp.stat().st_size > field.nbytes  # no compression at all
+    np.testing.assert_array_equal(load_itk_displacement(warp)[0], field)
+    image = np.zeros(FIXED_SHAPE, np.float32)
+    image[2:5, 2:5, 2:5] = 1.0
+    vol = save_volume(tmp_path / "vol.nii.gz", image, FIXED_AFFINE)
+    assert not stores_uncompressed(nib.load(vol))
+    assert vol.stat().st_size < image.nbytes / 4
+    np.testing.assert_array_equal(load_volume(vol).data, image)

@@ -393,3 +393,35 @@ def test_composite_field_chunks_hold_what_h5py_gzip_writes(tmp_path, monkeypatch
         assert np.array_equal(data[()], expected)
     _, (field, field_affine) = load_itk_composite(tmp_path / "t.h5")
     assert np.array_equal(field, disp) and np.allclose(field_affine, affine)
+
+
+
+_MAPPED_MIB = """
+import ctypes, sys
+import torch
+class MallInfo2(ctypes.Structure):
+    _fields_ = [(n, ctypes.c_size_t) for n in
+                ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")]
+libc = ctypes.CDLL("libc.so.6")
+libc.mallinfo2.restype = MallInfo2
+if sys.argv[1] == "tuned":
+    from dccnn_deploy.runtime.allocator import tune_allocator
+    assert tune_allocator()
+block = torch.ones(16 << 20)  # 64 MiB: glibc maps it on its own by default
+print(libc.mallinfo2().hblkhd >> 20)  # MiB held in mmap-ed blocks
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc")
+def test_tuned_allocator_serves_large_blocks_from_the_heap():
+    """By default glibc maps a 64 MiB block on its own (fresh pages on every allocation, returned
+    to the kernel on free); tuned, it comes from the heap, where freed blocks are reused."""
+    def mapped_mib(mode: str) -> int:
+        out = subprocess.run([sys.executable, "-c", _MAPPED_MIB, mode], capture_output=True, text=True)
+        if "mallinfo2" in out.stderr:
+            pytest.skip("glibc < 2.33: no mallinfo2")
+        assert out.returncode == 0, out.stderr
+        return int(out.stdout.split()[-1])
+
+    assert mapped_mib("default") >= 64
+    assert mapped_mib("tuned") < 16

@@ -120,6 +120,9 @@ def main() -> None:
     if len(sys.argv) < 2 or sys.argv[1] not in FAST_EXIT:
         app()
         return
+    from dccnn_deploy.runtime.allocator import tune_allocator
+
+    tune_allocator()  # before torch allocates anything: freed blocks are reused, not re-faulted
     try:
         app()
     except SystemExit as done:  # Typer always ends this way; any other exception keeps its traceback

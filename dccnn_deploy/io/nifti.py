@@ -5,8 +5,9 @@ affine is always nibabel's ``img.affine``: voxel index -> RAS world mm (sform, e
 Written NIfTI files carry the same affine in sform and qform (code 1, scanner) and mm units.
 
 ``.nii.gz`` files are compressed with ISA-L (``isal``, about 10x faster than zlib at a similar
-ratio; zlib's ``gzip`` when it is not installed) at :data:`GZIP_LEVEL`; the gzip header has no
-name and no time stamp, so the files are reproducible. The content is what nibabel writes.
+ratio; zlib's ``gzip`` when it is not installed) at :data:`GZIP_LEVEL`, except displacement fields, whose float32 bytes barely compress (stored
+gzip blocks, :func:`stores_uncompressed`); the gzip header has no name and no time stamp, so the
+files are reproducible. The content is what nibabel writes.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ except ImportError:  # pragma: no cover - isal is a dependency; zlib keeps worki
 
 from dccnn_deploy.io.atomic import atomic_write
 from dccnn_deploy.io.errors import InputError
+from dccnn_deploy.io.stored_gzip import StoredGzipWriter
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 #: gzip level of written ``.nii.gz`` (1: fastest; float fields barely compress further)
@@ -118,13 +120,26 @@ def nifti_image(data: np.ndarray, affine: np.ndarray) -> nib.Nifti1Image:
     return img
 
 
+def stores_uncompressed(img: nib.spatialimages.SpatialImage) -> bool:
+    """Whether ``img`` is a floating-point vector image (a displacement field: ``X x Y x Z x 1 x
+    3``), whose bytes barely compress: its ``.nii.gz`` holds them in stored deflate blocks
+    (:class:`~dccnn_deploy.io.stored_gzip.StoredGzipWriter`: a valid gzip file, no compression)."""
+    return len(img.shape) > 3 and np.issubdtype(img.get_data_dtype(), np.floating)
+
+
 def write_image(img: nib.spatialimages.SpatialImage, path: str | os.PathLike) -> None:
-    """``nib.save(img, path)``, with ``.nii.gz`` compressed through :data:`_GzipFile` (ISA-L)."""
+    """``nib.save(img, path)``, with ``.nii.gz`` compressed through :data:`_GzipFile` (ISA-L), or
+    stored in gzip blocks uncompressed when :func:`stores_uncompressed`."""
     if not (isinstance(img, nib.Nifti1Image) and str(path).lower().endswith(".nii.gz")):
         nib.save(img, path)
         return
-    with open(path, "wb") as raw, _GzipFile(filename="", mode="wb", compresslevel=GZIP_LEVEL, fileobj=raw, mtime=0) as gz:
-        img.to_file_map({"image": nib.FileHolder(fileobj=gz)})
+    with open(path, "wb") as raw:
+        if stores_uncompressed(img):
+            gz = StoredGzipWriter(raw)
+        else:
+            gz = _GzipFile(filename="", mode="wb", compresslevel=GZIP_LEVEL, fileobj=raw, mtime=0)
+        with gz:
+            img.to_file_map({"image": nib.FileHolder(fileobj=gz)})
 
 
 def label_dtype(data: np.ndarray) -> type:

@@ -138,15 +138,22 @@ WRITERS: dict[str, Writer] = {
 }
 
 
-def write_outputs(result: "RegistrationResult", staged: StagedOutputs, names: Iterable[str]) -> None:
+def write_outputs(result: "RegistrationResult", staged: StagedOutputs, names: Iterable[str],
+                  before_report: Callable[[], None] | None = None) -> None:
     """Write the outputs ``names`` of ``result`` into ``staged`` (in :data:`OUTPUTS` order): each
     output is computed here while the files before it are compressed and written in background
-    threads; the report is written last, after every other file."""
+    threads. The report's figures are computed while the last files are still being written; the
+    report itself is written last, after every other file and after ``before_report()`` (e.g. to
+    record the time the files took)."""
     wanted = set(names)
     with BackgroundWriter() as writer:
         for name in OUTPUTS:
             if name in wanted and name != "report":
                 WRITERS[name](result, staged, writer)
+        if "report" in wanted:
+            result.metrics  # noqa: B018 - a cached property: computed here, beside the writes
+    if before_report is not None:
+        before_report()
     if "report" in wanted:
         WRITERS["report"](result, staged, writer)
 

@@ -195,11 +195,12 @@ class RegistrationResult:
         names = select_outputs(outputs, labels=self.labels is not None)
         check_outputs_free([out_dir / f for f in output_files(names)], overwrite=overwrite)
         start = time.perf_counter()
-        with StagedOutputs(out_dir, overwrite, managed=output_files(OUTPUTS)) as staged:
-            write_outputs(self, staged, [n for n in names if n != "report"])
-            report = self.metrics
+        def record_time() -> None:  # the report (written last) includes the time of the other files
             self.seconds["outputs"] = round(time.perf_counter() - start, 3)
             self.seconds["total"] = round(self.seconds.get("compute", 0.0) + self.seconds["outputs"], 3)
-            self._update_rss(report)
-            write_outputs(self, staged, [n for n in names if n == "report"])
+            if "report" in names:
+                self._update_rss(self.metrics)
+
+        with StagedOutputs(out_dir, overwrite, managed=output_files(OUTPUTS)) as staged:
+            write_outputs(self, staged, names, before_report=record_time)
             return staged.commit()
