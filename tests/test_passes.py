@@ -67,7 +67,7 @@ def test_inverse_consistency_keeps_the_given_inverse_when_the_numerical_one_fold
     folded = torch.zeros(1, 3, 12, 12, 12)
     folded[0, 0, 6] = 3.0  # a sheet pushed past its neighbours: det J <= 0
     monkeypatch.setattr(invert, "invert_displacement", lambda f, it, init=None: folded)
-    monkeypatch.setattr(invert, "repair_folds", lambda d: d)  # a fold that smoothing cannot remove
+    monkeypatch.setattr(invert, "repair_folds", lambda d, **kw: d)  # a fold that smoothing cannot remove
     assert invert.make_inverse_consistent(fwd, given)[1] is given
     monkeypatch.setattr(invert, "invert_displacement", lambda f, it, init=None: given + 0.0)
     assert invert.make_inverse_consistent(fwd, folded)[1] is not folded
@@ -107,3 +107,23 @@ def test_inverse_consistency_repairs_a_folded_forward_field_locally():
     assert torch.equal(repaired[..., :4, :, :], fwd[..., :4, :, :])  # far from the fold: untouched
     clean = 0.3 * torch.sin(torch.linspace(0, 3, 16)).expand(1, 3, 16, 16, 16).contiguous()
     assert make_inverse_consistent(clean, None)[0] is clean  # a fold-free field is returned as given
+
+
+def test_nearly_folded_forward_nodes_are_smoothed_too():
+    """Nodes compressed below FORWARD_MIN_DETERMINANT (the written 1 mm warp can fold between
+    them) are smoothed; a field compressed less is returned as given."""
+    from dccnn_deploy.ops.invert import FORWARD_MIN_DETERMINANT, make_inverse_consistent
+    from dccnn_deploy.ops.jacobian import jacobian_determinant
+
+    def squeezed(amount: float) -> torch.Tensor:  # a slab compressed along axis 0, det ~1 - amount
+        fwd = torch.zeros(1, 3, 16, 16, 16)
+        fwd[0, 0, 8:] = -amount * torch.arange(8.0).view(8, 1, 1) - amount * 0.5
+        return fwd
+
+    near = squeezed(0.98)
+    assert 0 < float(jacobian_determinant(near).min()) < FORWARD_MIN_DETERMINANT
+    repaired = make_inverse_consistent(near, None)[0]
+    assert float(jacobian_determinant(repaired).min()) >= FORWARD_MIN_DETERMINANT
+    assert torch.equal(repaired[..., :4, :, :], near[..., :4, :, :])  # far from it: untouched
+    mild = squeezed(0.5)
+    assert make_inverse_consistent(mild, None)[0] is mild

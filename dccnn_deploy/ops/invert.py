@@ -30,6 +30,11 @@ SINGULAR_DETERMINANT = 0.05
 MAX_STEP_VOXELS = 1.0
 #: rounds of local smoothing :func:`repair_folds` may take
 REPAIR_ROUNDS = 10
+#: forward-field nodes compressed below this determinant are smoothed too: trilinear interpolation
+#: between such a node and its neighbours can fold the 1 mm warp inside the 2 mm cell (donor
+#: 10021 -> 9861: node minimum 0.012, 3 voxels with J <= 0 in the written warp; with 0.02 still 3,
+#: with 0.05 none, DK Dice -0.0007; docs/benchmarks.md)
+FORWARD_MIN_DETERMINANT = 0.05
 
 
 def inverse_residual(forward: torch.Tensor, inverse: torch.Tensor) -> torch.Tensor:
@@ -112,14 +117,15 @@ def make_inverse_consistent(
     """``(forward, inverse')`` with ``inverse'`` the numerical inverse of ``forward``, started
     from the given ``inverse`` (so a near-inverse converges in a few iterations; None: from
     ``-forward``, a few iterations more). The forward map, which moves the images and labels, is
-    kept as it is, except the rare voxel where the network's field folds (one in ~600 000 on a
-    held-out donor pair): that and its neighbourhood are smoothed (:func:`repair_folds`), as are
+    kept as it is, except the rare voxel where the network's field folds or nearly folds (det below
+    :data:`FORWARD_MIN_DETERMINANT`, ~20 of 600 000 on a held-out donor pair): that and its
+    neighbourhood are smoothed (:func:`repair_folds`), as are
     the few voxels where the nodes of a strongly expanding inverse fold in finite differences.
     Should the numerical inverse still fold more voxels than the given one (a forward map folded
     somewhere has no inverse there), the given inverse is kept (fold-free output comes first); without a given inverse, ``fallback()``
     (e.g. the network's own inverse, computed only then) is that reference when the numerical
     inverse folds at all."""
-    forward = repair_folds(forward)  # unchanged unless the network folded a voxel somewhere
+    forward = repair_folds(forward, min_det=FORWARD_MIN_DETERMINANT)  # unchanged unless (nearly) folded somewhere
     numerical = repair_folds(invert_displacement(forward, iterations, init=inverse))
     folds = _folded_voxels(numerical)
     if inverse is None and folds and fallback is not None:
@@ -130,9 +136,9 @@ def make_inverse_consistent(
 
 
 @torch.no_grad()
-def repair_folds(disp: torch.Tensor, rounds: int = REPAIR_ROUNDS) -> torch.Tensor:
-    """``disp`` with its folded voxels (``det <= 0``) and their 2-voxel neighbourhood replaced by a
-    3x3x3 mean, repeated until nothing folds (at most ``rounds`` times); elsewhere unchanged.
+def repair_folds(disp: torch.Tensor, rounds: int = REPAIR_ROUNDS, min_det: float = 0.0) -> torch.Tensor:
+    """``disp`` with its folded voxels (``det <= min_det``) and their 2-voxel neighbourhood replaced
+    by a 3x3x3 mean, repeated until nothing folds (at most ``rounds`` times); elsewhere unchanged.
 
     Where a forward map compresses a shell ~12-fold (a scalp pulled onto the brain), its exact
     inverse stretches it as much, and the finite-difference Jacobian of the node values can turn
@@ -140,7 +146,7 @@ def repair_folds(disp: torch.Tensor, rounds: int = REPAIR_ROUNDS) -> torch.Tenso
     removes them and changes the inverse consistency there by < 0.001 voxel on average.
     """
     for _ in range(rounds):
-        folded = (jacobian_determinant(disp.float()) <= 0).float()
+        folded = (jacobian_determinant(disp.float()) <= min_det).float()
         if not bool(folded.any()):
             break
         region = F.max_pool3d(folded, 5, stride=1, padding=2) > 0
