@@ -5,9 +5,10 @@ affine is always nibabel's ``img.affine``: voxel index -> RAS world mm (sform, e
 Written NIfTI files carry the same affine in sform and qform (code 1, scanner) and mm units.
 
 ``.nii.gz`` files are compressed with ISA-L (``isal``, about 10x faster than zlib at a similar
-ratio; zlib's ``gzip`` when it is not installed) at :data:`GZIP_LEVEL`, except displacement fields, whose float32 bytes barely compress (stored
-gzip blocks, :func:`stores_uncompressed`); the gzip header has no name and no time stamp, so the
-files are reproducible. The content is what nibabel writes.
+ratio; zlib's ``gzip`` when it is not installed) at :data:`GZIP_LEVEL`, except displacement
+fields, whose float32 bytes barely compress (stored gzip blocks, :func:`stores_uncompressed`);
+the gzip header has no name and no time stamp, so the files are reproducible. The content is
+what nibabel writes.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from dccnn_deploy.io.errors import InputError
 from dccnn_deploy.io.stored_gzip import StoredGzipWriter
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
-#: gzip level of written ``.nii.gz`` (1: fastest; float fields barely compress further)
+#: gzip level of written ``.nii.gz`` images (1: fastest); displacement fields are stored
 GZIP_LEVEL = 1
 MGH_SUFFIXES = (".mgz", ".mgh")
 
@@ -120,11 +121,16 @@ def nifti_image(data: np.ndarray, affine: np.ndarray) -> nib.Nifti1Image:
     return img
 
 
+#: NIfTI intents of a displacement field (ITK writes ``vector``; 1007 and 1006)
+FIELD_INTENTS = ("vector", "displacement vector")
+
+
 def stores_uncompressed(img: nib.spatialimages.SpatialImage) -> bool:
-    """Whether ``img`` is a floating-point vector image (a displacement field: ``X x Y x Z x 1 x
-    3``), whose bytes barely compress: its ``.nii.gz`` holds them in stored deflate blocks
+    """Whether ``img`` is a floating-point displacement field (NIfTI intent vector, ``X x Y x Z x
+    1 x 3``), whose bytes barely compress: its ``.nii.gz`` holds them in stored deflate blocks
     (:class:`~dccnn_deploy.io.stored_gzip.StoredGzipWriter`: a valid gzip file, no compression)."""
-    return len(img.shape) > 3 and np.issubdtype(img.get_data_dtype(), np.floating)
+    return (isinstance(img, nib.Nifti1Image) and img.header.get_intent()[0] in FIELD_INTENTS
+            and np.issubdtype(img.get_data_dtype(), np.floating))
 
 
 def write_image(img: nib.spatialimages.SpatialImage, path: str | os.PathLike) -> None:

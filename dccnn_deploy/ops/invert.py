@@ -119,13 +119,13 @@ def make_inverse_consistent(
     ``-forward``, a few iterations more). The forward map, which moves the images and labels, is
     kept as it is, except the rare voxel where the network's field folds or nearly folds (det below
     :data:`FORWARD_MIN_DETERMINANT`, ~20 of 600 000 on a held-out donor pair): that and its
-    neighbourhood are smoothed (:func:`repair_folds`), as are
-    the few voxels where the nodes of a strongly expanding inverse fold in finite differences.
-    Should the numerical inverse still fold more voxels than the given one (a forward map folded
-    somewhere has no inverse there), the given inverse is kept (fold-free output comes first); without a given inverse, ``fallback()``
+    neighbourhood are smoothed (:func:`repair_folds`), as are the few voxels where the nodes of a
+    strongly expanding inverse fold in finite differences. Should the numerical inverse still
+    fold more voxels than the given one (a forward map folded somewhere has no inverse there), the
+    given inverse is kept (fold-free output comes first); without a given inverse, ``fallback()``
     (e.g. the network's own inverse, computed only then) is that reference when the numerical
     inverse folds at all."""
-    forward = repair_folds(forward, min_det=FORWARD_MIN_DETERMINANT)  # unchanged unless (nearly) folded somewhere
+    forward = repair_folds(forward, min_det=FORWARD_MIN_DETERMINANT)  # unchanged unless it (nearly) folds
     numerical = repair_folds(invert_displacement(forward, iterations, init=inverse))
     folds = _folded_voxels(numerical)
     if inverse is None and folds and fallback is not None:

@@ -195,6 +195,7 @@ class RegistrationResult:
         names = select_outputs(outputs, labels=self.labels is not None)
         check_outputs_free([out_dir / f for f in output_files(names)], overwrite=overwrite)
         start = time.perf_counter()
+
         def record_time() -> None:  # the report (written last) includes the time of the other files
             self.seconds["outputs"] = round(time.perf_counter() - start, 3)
             self.seconds["total"] = round(self.seconds.get("compute", 0.0) + self.seconds["outputs"], 3)

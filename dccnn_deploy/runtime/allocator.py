@@ -14,7 +14,6 @@ imported; a Python program using the API may call it too (it changes the whole p
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import sys
 
 # mallopt parameters (glibc's malloc.h)
@@ -34,8 +33,7 @@ def tune_allocator() -> bool:
     if not sys.platform.startswith("linux"):
         return False
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        mallopt = libc.mallopt
+        mallopt = ctypes.CDLL(None).mallopt  # the process's own C library (no search, no subprocess)
     except (OSError, AttributeError):  # musl and others: no mallopt
         return False
     mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
