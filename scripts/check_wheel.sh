@@ -19,6 +19,8 @@ names = set(zipfile.ZipFile(sys.argv[1]).namelist())
 need = ["dccnn_deploy/data/models/dccnn-default.pt", "dccnn_deploy/data/models/dccnn-default.md",
         "dccnn_deploy/data/sample/colin27_brain_2mm.nii.gz", "dccnn_deploy/data/sample/icbm2009a_brain_2mm.nii.gz"]
 missing = [n for n in need if n not in names]
+if not any(n.startswith("dccnn_deploy/_native/_trilinear") and n.endswith(".so") for n in names):
+    missing.append("the compiled sampler dccnn_deploy/_native/_trilinear*.so")
 sys.exit(f"wheel lacks {missing}" if missing else 0)
 PY
 python3 -m venv --system-site-packages "$WORK/venv"
@@ -33,7 +35,9 @@ venv = Path(sys.argv[1]).resolve()
 where, model = Path(dccnn_deploy.__file__).resolve(), default_model_path()
 assert venv in where.parents, f"dccnn_deploy imported from {where}, not from the venv"
 assert model is not None and venv in model.resolve().parents, f"default model {model} is not the wheel's"
-print(f"imports from {where.parent}; default model {model.name}")
+from dccnn_deploy.ops import native
+assert native.available(), "the wheel's compiled sampler does not load"
+print(f"imports from {where.parent}; default model {model.name}; compiled sampler loaded")
 PY
 env -u DCCNN_MODELS -u PYTHONPATH "$WORK/venv/bin/dccnn" demo -o "$WORK/demo"
 env -u DCCNN_MODELS -u PYTHONPATH "$WORK/venv/bin/python" - "$WORK" <<'PY'

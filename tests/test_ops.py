@@ -104,9 +104,29 @@ def test_upsample_field_doubles_a_translation():
     assert up4.shape == (1, 3, 16, 20, 24) and torch.allclose(up4, torch.full_like(up4, 4.0))
 
 
+@pytest.fixture(params=["native", "mosaic"])
+def cpu_sampler(request, monkeypatch):
+    """Each CPU sampling path of ``ops.warp``: the compiled kernel (skipped where it is not built)
+    and PyTorch's (the 2-D mosaic, plain grid_sample) with the kernel switched off."""
+    from dccnn_deploy.ops import native
+
+    if request.param == "native" and not native.available():
+        pytest.skip("the compiled sampler is not built")
+    if request.param == "mosaic":
+        monkeypatch.setattr(native, "serves", lambda volume: False)
+    return request.param
+
+
+def _grid_sample_warp(volume, disp, padding):
+    """The reference: PyTorch's own 3-D grid_sample at identity + disp (voxels)."""
+    from dccnn_deploy.ops.warp import normalised_grid
+
+    return F.grid_sample(volume, normalised_grid(disp, volume.shape[2:]), align_corners=True, padding_mode=padding)
+
+
 @pytest.mark.parametrize("padding", ["zeros", "border"])
-@pytest.mark.parametrize("shape", [(2, 3, 9, 7, 11), (1, 12, 2, 5, 4), (1, 3, 17, 3, 2)])
-def test_mosaic_trilinear_sampling_matches_grid_sample(padding, shape):
+@pytest.mark.parametrize("shape", [(2, 3, 9, 7, 11), (1, 12, 2, 5, 4), (1, 3, 17, 3, 2), (1, 1, 6, 5, 4), (1, 5, 4, 6, 3)])
+def test_trilinear_sampling_matches_grid_sample(padding, shape, cpu_sampler):
     from dccnn_deploy.ops.warp import volume_sampler
 
     torch.manual_seed(0)
@@ -133,8 +153,8 @@ def test_mosaic_trilinear_sampling_matches_grid_sample(padding, shape):
 
 
 @pytest.mark.parametrize("padding", ["zeros", "border"])
-def test_displaced_sampler_matches_warp_gridsample(padding):
-    """The network's feature warp (voxel displacements, tiled once) reads what warp_gridsample reads."""
+def test_displaced_sampler_matches_grid_sample(padding, cpu_sampler):
+    """The network's feature warp (voxel displacements, tiled once) reads what grid_sample reads."""
     from dccnn_deploy.ops.warp import displaced_sampler, warp_gridsample
 
     torch.manual_seed(1)
@@ -142,7 +162,34 @@ def test_displaced_sampler_matches_warp_gridsample(padding):
     sample = displaced_sampler(volume, padding)
     for _ in range(2):  # read several times (each step of a scale)
         disp = torch.randn(2, 3, 10, 12, 14) * 4.0  # many points outside
+        disp[0, :, 0, 0, :4] = torch.tensor([[1e6, -1e6, float("nan"), 0.0]] * 3)  # far outside, not a number
         with torch.no_grad():
-            got, want = sample(disp), warp_gridsample(volume, disp, padding=padding)
-        assert got.shape == want.shape and (got - want).abs().max() < 1e-4
+            got, want = sample(disp), _grid_sample_warp(volume, disp, padding)
+        finite = torch.isfinite(disp).all(dim=1, keepdim=True).expand_as(want)
+        assert got.shape == want.shape and (got - want)[finite].abs().max() < 1e-4
+        with torch.no_grad():  # another output grid than the volume's (warp_gridsample's convention)
+            other = torch.randn(2, 3, 7, 5, 9) * 3.0
+            assert (warp_gridsample(volume, other, padding=padding) - _grid_sample_warp(volume, other, padding)).abs().max() < 1e-4
     assert sample(torch.zeros(2, 3, 10, 12, 14)).sub(volume).abs().max() < 1e-4  # identity reads the volume
+    # gradients flow where training needs them (PyTorch samples then)
+    disp = torch.zeros(2, 3, 10, 12, 14, requires_grad=True)
+    warp_gridsample(volume, disp, padding=padding).sum().backward()
+    assert disp.grad is not None
+
+
+def test_native_sampler_can_be_switched_off(monkeypatch):
+    """``DCCNN_NATIVE=0`` makes the package sample with PyTorch only; a built library is found."""
+    from pathlib import Path
+
+    from dccnn_deploy.ops import native
+
+    built = list((Path(native.__file__).resolve().parent.parent / "_native").glob("_trilinear*.so"))
+    native._kernel.cache_clear()
+    try:
+        monkeypatch.setenv("DCCNN_NATIVE", "0")
+        assert not native.available() and not native.serves(torch.zeros(1, 3, 4, 4, 4))
+        native._kernel.cache_clear()
+        monkeypatch.setenv("DCCNN_NATIVE", "1")
+        assert native.available() == bool(built)
+    finally:
+        native._kernel.cache_clear()

@@ -20,6 +20,8 @@ from typing import Callable, Literal
 import torch
 import torch.nn.functional as F
 
+from dccnn_deploy.ops import native
+
 Padding = Literal["zeros", "border"]
 
 
@@ -153,6 +155,11 @@ class _MosaicSource:
         return out
 
 
+def _needs_grad(t: torch.Tensor) -> bool:
+    """Whether sampling at ``t`` must be differentiable (training): then PyTorch samples."""
+    return torch.is_grad_enabled() and t.requires_grad
+
+
 def _mosaic_pays(volume: torch.Tensor, padding: Padding, mode: str = "bilinear") -> bool:
     """Whether :class:`_MosaicSource` serves ``volume`` (see :func:`volume_sampler`)."""
     b, c, d, h, w = volume.shape
@@ -180,13 +187,16 @@ def volume_sampler(volume: torch.Tensor, padding: Padding = "zeros", mode: str =
     def plain(grid: torch.Tensor) -> torch.Tensor:
         return F.grid_sample(volume, grid, mode=mode, padding_mode=padding, align_corners=True)
 
+    if mode == "bilinear" and native.serves(volume):
+        compiled = native.NativeSource(volume, padding)
+        return lambda grid: plain(grid) if _needs_grad(grid) else compiled.at_grid(grid)
     if not _mosaic_pays(volume, padding, mode):
         return plain
     source = _MosaicSource(volume, padding)
     d, h, w = volume.shape[2:]
 
     def mosaic(grid: torch.Tensor) -> torch.Tensor:
-        if torch.is_grad_enabled() and grid.requires_grad:
+        if _needs_grad(grid):
             return plain(grid)
         grid = grid.float()
         x = (grid[..., 0] + 1.0) * (0.5 * (w - 1))
@@ -202,6 +212,12 @@ def displaced_sampler(volume: torch.Tensor, padding: Padding = "zeros") -> Calla
     volume's own grid) for a volume read at many displacements: the CPU backend's network warps
     each scale's features N times. Through :class:`_MosaicSource` where it pays (tiled once, voxel
     coordinates straight from the displacement: no normalised grid), else ``warp_gridsample``."""
+    def fallback(disp: torch.Tensor) -> bool:
+        return disp.shape[2:] != volume.shape[2:] or _needs_grad(disp)
+
+    if native.serves(volume):
+        compiled = native.NativeSource(volume, padding)
+        return lambda disp: warp_gridsample(volume, disp, padding=padding) if _needs_grad(disp) else compiled.displaced(disp)
     if not _mosaic_pays(volume, padding):
         return lambda disp: warp_gridsample(volume, disp, padding=padding)
     source = _MosaicSource(volume, padding)
@@ -209,7 +225,7 @@ def displaced_sampler(volume: torch.Tensor, padding: Padding = "zeros") -> Calla
             for j, n in enumerate(volume.shape[2:])]
 
     def sample(disp: torch.Tensor) -> torch.Tensor:
-        if disp.shape[2:] != volume.shape[2:] or (torch.is_grad_enabled() and disp.requires_grad):
+        if fallback(disp):
             return warp_gridsample(volume, disp, padding=padding)
         disp = disp.float()
         z, y, x = (disp[:, k] + axes[k] for k in range(3))
@@ -232,6 +248,8 @@ def warp_gridsample(
 
     ``mode="nearest"`` gives nearest-neighbour sampling for label maps.
     """
+    if mode == "bilinear" and native.serves(volume) and not _needs_grad(displacement):
+        return native.NativeSource(volume, padding).displaced(displacement).to(volume.dtype)
     grid = normalised_grid(displacement.float(), volume.shape[2:])
     out = F.grid_sample(volume.float(), grid, mode=mode, padding_mode=padding, align_corners=True)
     return out.to(volume.dtype)

@@ -1,0 +1,121 @@
+/* Trilinear sampling of a channels-last float32 volume, for the CPU inference path.
+ *
+ * PyTorch's CPU grid_sample reads every channel of every corner from its own plane (channels
+ * first) and its 3-D kernel is not vectorised; here the C channels of a corner voxel are
+ * contiguous, and one set of corner indices and weights serves them all. Semantics are those of
+ * torch.nn.functional.grid_sample(mode="bilinear", align_corners=True): a point at voxel
+ * coordinate (z, y, x) blends its 8 corner voxels; "zeros" padding gives each corner outside the
+ * volume the value 0, "border" clamps the coordinate into the volume first.
+ *
+ * The caller (dccnn_deploy/ops/native.py, through ctypes, which releases the GIL) splits the
+ * output points [start, stop) between threads. Built by setup.py as an optional extension; the
+ * package falls back to PyTorch when it is absent.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <math.h>
+#include <stdint.h>
+
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
+#define DCCNN_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#else
+#define DCCNN_CLONES
+#endif
+#define DCCNN_INLINE static inline __attribute__((always_inline))
+
+/* one axis: the two corner indices (clamped into the volume) and their weights (0 for a corner
+ * outside it with zeros padding) */
+DCCNN_INLINE void axis_corners(float coord, int size, int zeros, int64_t idx[2], float w[2]) {
+    if (!zeros) {
+        coord = coord < 0.0f ? 0.0f : (coord > (float)(size - 1) ? (float)(size - 1) : coord);
+    } else {
+        /* beyond one voxel outside, both corners are outside: keep the int conversion defined */
+        coord = coord < -2.0f ? -2.0f : (coord > (float)size + 1.0f ? (float)size + 1.0f : coord);
+    }
+    float base = floorf(coord);
+    float frac = coord - base;
+    int64_t lo = (int64_t)base, hi = lo + 1;
+    w[0] = 1.0f - frac;
+    w[1] = frac;
+    if (zeros) {
+        if (lo < 0 || lo > size - 1) w[0] = 0.0f;
+        if (hi < 0 || hi > size - 1) w[1] = 0.0f;
+    }
+    idx[0] = lo < 0 ? 0 : (lo > size - 1 ? size - 1 : lo);
+    idx[1] = hi < 0 ? 0 : (hi > size - 1 ? size - 1 : hi);
+}
+
+/* the C channels at one point, written to out[c * n_out + i] (planar output) */
+DCCNN_INLINE void sample_point(const float *src, int D, int H, int W, const int C, float z, float y,
+                               float x, int zeros, float *out, int64_t n_out, int64_t i) {
+    float acc[64];
+    for (int c = 0; c < C; ++c) acc[c] = 0.0f;
+    if (z == z && y == y && x == x) { /* NaN coordinates sample nothing */
+        int64_t zi[2], yi[2], xi[2];
+        float wz[2], wy[2], wx[2];
+        axis_corners(z, D, zeros, zi, wz);
+        axis_corners(y, H, zeros, yi, wy);
+        axis_corners(x, W, zeros, xi, wx);
+        for (int a = 0; a < 2; ++a) {
+            for (int b = 0; b < 2; ++b) {
+                float wab = wz[a] * wy[b];
+                const float *row = src + ((zi[a] * H + yi[b]) * (int64_t)W) * C;
+                for (int e = 0; e < 2; ++e) {
+                    float w = wab * wx[e];
+                    const float *p = row + xi[e] * C;
+                    for (int c = 0; c < C; ++c) acc[c] += w * p[c];
+                }
+            }
+        }
+    }
+    for (int c = 0; c < C; ++c) out[c * n_out + i] = acc[c];
+}
+
+/* points [start, stop) of a grid of shape (od, oh, ow): mode 0 = voxel displacements on that
+ * grid, planar (3, n) in array-axis order (z, y, x), the point being (k + dz, j + dy, i + dx);
+ * mode 1 = grid_sample grid, (n, 3) normalised (x, y, z) in [-1, 1] of the source volume */
+DCCNN_INLINE void sample_range(const float *src, int D, int H, int W, const int C, const float *where,
+                               int mode, int oh, int ow, int64_t n, int zeros, float *out,
+                               int64_t start, int64_t stop) {
+    const float sz = 0.5f * (float)(D - 1), sy = 0.5f * (float)(H - 1), sx = 0.5f * (float)(W - 1);
+    if (mode == 0) { /* walk the output grid with counters (no division per point) */
+        int64_t plane = (int64_t)oh * ow;
+        int64_t k = start / plane, j = (start / ow) % oh, l = start % ow;
+        for (int64_t i = start; i < stop; ++i) {
+            sample_point(src, D, H, W, C, (float)k + where[i], (float)j + where[n + i], (float)l + where[2 * n + i],
+                         zeros, out, n, i);
+            if (++l == ow) {
+                l = 0;
+                if (++j == oh) {
+                    j = 0;
+                    ++k;
+                }
+            }
+        }
+        return;
+    }
+    for (int64_t i = start; i < stop; ++i) {
+        float x = (where[3 * i] + 1.0f) * sx, y = (where[3 * i + 1] + 1.0f) * sy, z = (where[3 * i + 2] + 1.0f) * sz;
+        sample_point(src, D, H, W, C, z, y, x, zeros, out, n, i);
+    }
+}
+
+/* Exported entry point. Returns 0, or -1 for a channel count it does not serve (1..64). */
+DCCNN_CLONES int dccnn_trilinear(const float *src, int D, int H, int W, int C, const float *where, int mode,
+                                 int oh, int ow, int64_t n, int zeros, float *out, int64_t start, int64_t stop) {
+    switch (C) { /* constant channel counts: the channel loops unroll and vectorise */
+    case 1: sample_range(src, D, H, W, 1, where, mode, oh, ow, n, zeros, out, start, stop); return 0;
+    case 3: sample_range(src, D, H, W, 3, where, mode, oh, ow, n, zeros, out, start, stop); return 0;
+    case 8: sample_range(src, D, H, W, 8, where, mode, oh, ow, n, zeros, out, start, stop); return 0;
+    case 12: sample_range(src, D, H, W, 12, where, mode, oh, ow, n, zeros, out, start, stop); return 0;
+    case 16: sample_range(src, D, H, W, 16, where, mode, oh, ow, n, zeros, out, start, stop); return 0;
+    default:
+        if (C < 1 || C > 64) return -1;
+        sample_range(src, D, H, W, C, where, mode, oh, ow, n, zeros, out, start, stop);
+        return 0;
+    }
+}
+
+/* an importable module too (setuptools builds a CPython extension); the function is used through ctypes */
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_trilinear", "Trilinear sampling kernel (ctypes).", -1, NULL};
+PyMODINIT_FUNC PyInit__trilinear(void) { return PyModule_Create(&module); }
