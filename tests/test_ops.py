@@ -193,3 +193,4 @@ def test_native_sampler_can_be_switched_off(monkeypatch):
         assert native.available() == bool(built)
     finally:
         native._kernel.cache_clear()
+

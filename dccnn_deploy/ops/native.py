@@ -63,6 +63,10 @@ def _pool(workers: int) -> ThreadPoolExecutor:
     return ThreadPoolExecutor(max_workers=workers, thread_name_prefix="dccnn-sample")
 
 
+if hasattr(os, "register_at_fork"):  # a forked child has the pool objects but not their threads
+    os.register_at_fork(after_in_child=_pool.cache_clear)
+
+
 def serves(volume: torch.Tensor) -> bool:
     """Whether :class:`NativeSource` can sample ``volume`` ``(B, C, D, H, W)``: the library is
     loaded, the volume is on the CPU, has 1..:data:`MAX_CHANNELS` channels and needs no gradient,
