@@ -184,13 +184,30 @@ def test_native_sampler_can_be_switched_off(monkeypatch):
     from dccnn_deploy.ops import native
 
     built = list((Path(native.__file__).resolve().parent.parent / "_native").glob("_trilinear*.so"))
-    native._kernel.cache_clear()
+    native._library.cache_clear()
     try:
         monkeypatch.setenv("DCCNN_NATIVE", "0")
         assert not native.available() and not native.serves(torch.zeros(1, 3, 4, 4, 4))
-        native._kernel.cache_clear()
+        native._library.cache_clear()
         monkeypatch.setenv("DCCNN_NATIVE", "1")
         assert native.available() == bool(built)
     finally:
-        native._kernel.cache_clear()
+        native._library.cache_clear()
 
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 9, 7, 11), (1, 3, 1, 5, 4), (1, 3, 2, 6, 3), (1, 3, 33, 17, 5)])
+def test_jacobian_determinant_compiled_matches_pytorch(shape, monkeypatch):
+    """The compiled determinant takes the same differences as the PyTorch one (borders included)."""
+    from dccnn_deploy.ops import native
+
+    if not native.available():
+        pytest.skip("the compiled sampler is not built")
+    torch.manual_seed(2)
+    disp = torch.randn(*shape) * 1.5
+    with torch.no_grad():
+        got = jacobian_determinant(disp)
+        monkeypatch.setattr(native, "serves", lambda volume: False)
+        want = jacobian_determinant(disp)
+    assert got.shape == want.shape == (shape[0], 1, *shape[2:])
+    assert (got - want).abs().max() < 1e-4 * want.abs().max().clamp(min=1.0)

@@ -7,6 +7,9 @@
  * coordinate (z, y, x) blends its 8 corner voxels; "zeros" padding gives each corner outside the
  * volume the value 0, "border" clamps the coordinate into the volume first.
  *
+ * Also the Jacobian determinant of a displacement field (the homotopy h at every step, fold
+ * checks, metrics), same finite differences as dccnn_deploy/ops/jacobian.py.
+ *
  * The caller (dccnn_deploy/ops/native.py, through ctypes, which releases the GIL) splits the
  * output points [start, stop) between threads. Built by setup.py as an optional extension; the
  * package falls back to PyTorch when it is absent.
@@ -114,6 +117,46 @@ DCCNN_CLONES int dccnn_trilinear(const float *src, int D, int H, int W, int C, c
         sample_range(src, D, H, W, C, where, mode, oh, ow, n, zeros, out, start, stop);
         return 0;
     }
+}
+
+/* det(I + grad u) of a voxel-unit displacement u, planar (3, D, H, W), for the z-planes
+ * [z0, z1), written to out (D, H, W). Derivatives as dccnn_deploy.ops.jacobian.axis_derivative:
+ * central differences inside, one-sided on the first and last voxel of an axis, 0 along an axis
+ * of one voxel. */
+DCCNN_INLINE void axis_neighbours(int64_t i, int64_t n, int64_t *lo, int64_t *hi, float *scale) {
+    *lo = i > 0 ? i - 1 : 0;
+    *hi = i < n - 1 ? i + 1 : n - 1;
+    *scale = (*hi - *lo) == 2 ? 0.5f : ((*hi - *lo) == 1 ? 1.0f : 0.0f);
+}
+
+DCCNN_CLONES int dccnn_jacobian_det(const float *u, int D, int H, int W, float *out, int64_t z0, int64_t z1) {
+    const int64_t plane = (int64_t)H * W, n = (int64_t)D * plane;
+    for (int64_t z = z0; z < z1; ++z) {
+        int64_t zl, zh;
+        float sz;
+        axis_neighbours(z, D, &zl, &zh, &sz);
+        for (int64_t y = 0; y < H; ++y) {
+            int64_t yl, yh;
+            float sy;
+            axis_neighbours(y, H, &yl, &yh, &sy);
+            for (int64_t x = 0; x < W; ++x) {
+                int64_t xl, xh;
+                float sx;
+                axis_neighbours(x, W, &xl, &xh, &sx);
+                float a[3][3];
+                for (int c = 0; c < 3; ++c) {
+                    const float *f = u + c * n;
+                    a[c][0] = (f[zh * plane + y * W + x] - f[zl * plane + y * W + x]) * sz + (c == 0);
+                    a[c][1] = (f[z * plane + yh * W + x] - f[z * plane + yl * W + x]) * sy + (c == 1);
+                    a[c][2] = (f[z * plane + y * W + xh] - f[z * plane + y * W + xl]) * sx + (c == 2);
+                }
+                out[z * plane + y * W + x] = a[0][0] * (a[1][1] * a[2][2] - a[1][2] * a[2][1])
+                                           - a[0][1] * (a[1][0] * a[2][2] - a[1][2] * a[2][0])
+                                           + a[0][2] * (a[1][0] * a[2][1] - a[1][1] * a[2][0]);
+            }
+        }
+    }
+    return 0;
 }
 
 /* an importable module too (setuptools builds a CPython extension); the function is used through ctypes */

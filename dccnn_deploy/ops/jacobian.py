@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import torch
 
+from dccnn_deploy.ops import native
+
 
 def axis_derivative(field: torch.Tensor, axis: int) -> torch.Tensor:
     """Derivative of ``field`` along spatial ``axis`` (0, 1, 2 -> tensor dims 2, 3, 4)."""
@@ -33,8 +35,11 @@ def jacobian_determinant(displacement: torch.Tensor) -> torch.Tensor:
     """det(I + grad u) of a voxel-unit displacement ``(B, 3, D, H, W)`` -> ``(B, 1, D, H, W)``.
 
     The determinant is invariant to voxel spacing (diag(s) J diag(s)^-1 has the same det), so
-    voxel units give the physical Jacobian determinant for any spacing.
+    voxel units give the physical Jacobian determinant for any spacing. On the CPU without
+    gradients the compiled kernel computes the same differences (:mod:`~dccnn_deploy.ops.native`).
     """
+    if displacement.dim() == 5 and displacement.shape[1] == 3 and native.serves(displacement):
+        return native.jacobian_determinant(displacement).to(displacement.dtype)
     g = [axis_derivative(displacement, k) for k in range(3)]  # d u / d axis_k (no stacked copy: h runs every step)
     a = [[g[c][:, r] + (1.0 if r == c else 0.0) for c in range(3)] for r in range(3)]
     det = (

@@ -35,27 +35,29 @@ _DISPLACEMENT, _GRID = 0, 1
 
 
 @lru_cache(maxsize=1)
-def _kernel():
-    """The C function, or None when the library is not built or ``DCCNN_NATIVE=0``."""
+def _library():
+    """The loaded library (its two functions typed), or None when it is not built or ``DCCNN_NATIVE=0``."""
     if os.environ.get("DCCNN_NATIVE", "1").strip().lower() in ("0", "false", "no", "off"):
         return None
     for suffix in importlib.machinery.EXTENSION_SUFFIXES:
         path = _LIBRARY_DIR / f"_trilinear{suffix}"
         if path.is_file():
             try:
-                fn = ctypes.CDLL(str(path)).dccnn_trilinear
+                lib = ctypes.CDLL(str(path))
+                trilinear, jacobian = lib.dccnn_trilinear, lib.dccnn_jacobian_det
             except (OSError, AttributeError):
                 return None
             p, i, n = ctypes.c_void_p, ctypes.c_int, ctypes.c_int64
-            fn.argtypes = [p, i, i, i, i, p, i, i, i, n, i, p, n, n]
-            fn.restype = ctypes.c_int
-            return fn
+            trilinear.argtypes = [p, i, i, i, i, p, i, i, i, n, i, p, n, n]
+            jacobian.argtypes = [p, i, i, i, p, n, n]
+            trilinear.restype = jacobian.restype = ctypes.c_int
+            return lib
     return None
 
 
 def available() -> bool:
     """Whether the compiled sampler is loaded (and not disabled by ``DCCNN_NATIVE=0``)."""
-    return _kernel() is not None
+    return _library() is not None
 
 
 @lru_cache(maxsize=8)
@@ -65,6 +67,17 @@ def _pool(workers: int) -> ThreadPoolExecutor:
 
 if hasattr(os, "register_at_fork"):  # a forked child has the pool objects but not their threads
     os.register_at_fork(after_in_child=_pool.cache_clear)
+
+
+def _split(call, n: int, points: int) -> list[int]:
+    """``call(start, stop)`` over ``range(n)`` in consecutive parts, one a thread
+    (``torch.get_num_threads()``, fewer for small jobs: ``points`` output points in all);
+    the return values."""
+    threads = max(1, min(torch.get_num_threads(), points // MIN_POINTS_PER_THREAD, n))
+    if threads == 1:
+        return [call(0, n)]
+    bounds = [n * k // threads for k in range(threads + 1)]
+    return list(_pool(threads).map(lambda k: call(bounds[k], bounds[k + 1]), range(threads)))
 
 
 def serves(volume: torch.Tensor) -> bool:
@@ -101,7 +114,7 @@ class NativeSource:
         self.data = volume.detach().float().permute(0, 2, 3, 4, 1).contiguous()  # (B, D, H, W, C)
 
     def _run(self, b: int, where: torch.Tensor, mode: int, out_shape: tuple[int, ...]) -> torch.Tensor:
-        kernel = _kernel()
+        kernel = _library().dccnn_trilinear
         _, c, d, h, w = self.shape
         n = 1
         for s in out_shape:
@@ -109,12 +122,7 @@ class NativeSource:
         out = torch.empty((c, *out_shape), dtype=torch.float32)
         oh, ow = (out_shape[1], out_shape[2]) if mode == _DISPLACEMENT else (0, 0)
         args = (self.data[b].data_ptr(), d, h, w, c, where.data_ptr(), mode, oh, ow, n, self.zeros, out.data_ptr())
-        threads = max(1, min(torch.get_num_threads(), n // MIN_POINTS_PER_THREAD))
-        if threads == 1:
-            status = [kernel(*args, 0, n)]
-        else:
-            bounds = [n * k // threads for k in range(threads + 1)]
-            status = list(_pool(threads).map(lambda k: kernel(*args, bounds[k], bounds[k + 1]), range(threads)))
+        status = _split(lambda start, stop: kernel(*args, start, stop), n, n)
         if any(status):
             raise RuntimeError(f"native sampler refused {c} channels")
         return out
@@ -137,4 +145,18 @@ class NativeSource:
         return _batch([self._run(b, grid[b], _GRID, tuple(grid.shape[1:-1])) for b in range(self.shape[0])])
 
 
-__all__ = ["available", "serves", "NativeSource", "MAX_CHANNELS"]
+def jacobian_determinant(displacement: torch.Tensor) -> torch.Tensor:
+    """det(I + grad u) of a voxel-unit displacement ``(B, 3, D, H, W)`` -> ``(B, 1, D, H, W)``
+    float32, with the finite differences of :func:`dccnn_deploy.ops.jacobian.jacobian_determinant`
+    (which calls this where :func:`serves` the field)."""
+    lib = _library()
+    b, _, d, h, w = displacement.shape
+    disp = displacement.detach().float().contiguous()
+    out = torch.empty((b, 1, d, h, w), dtype=torch.float32)
+    for k in range(b):
+        src, dst = disp[k].data_ptr(), out[k].data_ptr()
+        _split(lambda z0, z1: lib.dccnn_jacobian_det(src, d, h, w, dst, z0, z1), d, d * h * w)
+    return out
+
+
+__all__ = ["available", "serves", "NativeSource", "jacobian_determinant", "MAX_CHANNELS"]
