@@ -48,29 +48,34 @@ DCCNN_INLINE void axis_corners(float coord, int size, int zeros, int64_t idx[2],
     idx[1] = hi < 0 ? 0 : (hi > size - 1 ? size - 1 : hi);
 }
 
+/* the C channels at one point into acc[0..C) */
+DCCNN_INLINE void sample_into(const float *src, int D, int H, int W, const int C, float z, float y, float x,
+                              int zeros, float *acc) {
+    for (int c = 0; c < C; ++c) acc[c] = 0.0f;
+    if (!(z == z && y == y && x == x)) return; /* NaN coordinates sample nothing */
+    int64_t zi[2], yi[2], xi[2];
+    float wz[2], wy[2], wx[2];
+    axis_corners(z, D, zeros, zi, wz);
+    axis_corners(y, H, zeros, yi, wy);
+    axis_corners(x, W, zeros, xi, wx);
+    for (int a = 0; a < 2; ++a) {
+        for (int b = 0; b < 2; ++b) {
+            float wab = wz[a] * wy[b];
+            const float *row = src + ((zi[a] * H + yi[b]) * (int64_t)W) * C;
+            for (int e = 0; e < 2; ++e) {
+                float w = wab * wx[e];
+                const float *p = row + xi[e] * C;
+                for (int c = 0; c < C; ++c) acc[c] += w * p[c];
+            }
+        }
+    }
+}
+
 /* the C channels at one point, written to out[c * n_out + i] (planar output) */
 DCCNN_INLINE void sample_point(const float *src, int D, int H, int W, const int C, float z, float y,
                                float x, int zeros, float *out, int64_t n_out, int64_t i) {
     float acc[64];
-    for (int c = 0; c < C; ++c) acc[c] = 0.0f;
-    if (z == z && y == y && x == x) { /* NaN coordinates sample nothing */
-        int64_t zi[2], yi[2], xi[2];
-        float wz[2], wy[2], wx[2];
-        axis_corners(z, D, zeros, zi, wz);
-        axis_corners(y, H, zeros, yi, wy);
-        axis_corners(x, W, zeros, xi, wx);
-        for (int a = 0; a < 2; ++a) {
-            for (int b = 0; b < 2; ++b) {
-                float wab = wz[a] * wy[b];
-                const float *row = src + ((zi[a] * H + yi[b]) * (int64_t)W) * C;
-                for (int e = 0; e < 2; ++e) {
-                    float w = wab * wx[e];
-                    const float *p = row + xi[e] * C;
-                    for (int c = 0; c < C; ++c) acc[c] += w * p[c];
-                }
-            }
-        }
-    }
+    sample_into(src, D, H, W, C, z, y, x, zeros, acc);
     for (int c = 0; c < C; ++c) out[c * n_out + i] = acc[c];
 }
 
@@ -157,6 +162,52 @@ DCCNN_CLONES int dccnn_jacobian_det(const float *u, int D, int H, int W, float *
         }
     }
     return 0;
+}
+
+/* One Newton iteration of the numerical inverse (dccnn_deploy/ops/invert.py) for the voxels
+ * [start, stop) of the grid (D, H, W): src holds, channels-last (n, 12), the forward field u
+ * (channels 0-2) and its derivatives d u_r / d axis_c (3 + 3r + c); w (3, n) planar is the current
+ * inverse displacement. At y + w (border padding) the residual r = w + u(y + w) and the step
+ * solving (I + grad u) s = r (the fixed-point step r where det <= singular), capped at max_step
+ * voxels, give w_next = w - s. Returns the sum of |r| over the range (the caller's stopping test). */
+DCCNN_CLONES double dccnn_newton_inverse(const float *src, int D, int H, int W, const float *w, float *w_next,
+                                         float singular, float max_step, int64_t start, int64_t stop) {
+    const int64_t plane = (int64_t)H * W, n = (int64_t)D * plane;
+    int64_t k = start / plane, j = (start / W) % H, l = start % W;
+    double total = 0.0;
+    for (int64_t i = start; i < stop; ++i) {
+        float v[12];
+        float w0 = w[i], w1 = w[n + i], w2 = w[2 * n + i];
+        sample_into(src, D, H, W, 12, (float)k + w0, (float)j + w1, (float)l + w2, 0, v);
+        float r0 = w0 + v[0], r1 = w1 + v[1], r2 = w2 + v[2];
+        total += sqrtf(r0 * r0 + r1 * r1 + r2 * r2);
+        float a = v[3] + 1.0f, b = v[4], c = v[5];
+        float d = v[6], e = v[7] + 1.0f, f = v[8];
+        float g = v[9], h = v[10], q = v[11] + 1.0f;
+        float a00 = e * q - f * h, a01 = c * h - b * q, a02 = b * f - c * e;
+        float a10 = f * g - d * q, a11 = a * q - c * g, a12 = c * d - a * f;
+        float a20 = d * h - e * g, a21 = b * g - a * h, a22 = a * e - b * d;
+        float det = a * a00 + b * a10 + c * a20;
+        float s0 = r0, s1 = r1, s2 = r2;
+        if (det > singular) {
+            s0 = (a00 * r0 + a01 * r1 + a02 * r2) / det;
+            s1 = (a10 * r0 + a11 * r1 + a12 * r2) / det;
+            s2 = (a20 * r0 + a21 * r1 + a22 * r2) / det;
+        }
+        float length = sqrtf(s0 * s0 + s1 * s1 + s2 * s2) + 1e-12f;
+        float scale = max_step / length < 1.0f ? max_step / length : 1.0f;
+        w_next[i] = w0 - s0 * scale;
+        w_next[n + i] = w1 - s1 * scale;
+        w_next[2 * n + i] = w2 - s2 * scale;
+        if (++l == W) {
+            l = 0;
+            if (++j == H) {
+                j = 0;
+                ++k;
+            }
+        }
+    }
+    return total;
 }
 
 /* an importable module too (setuptools builds a CPython extension); the function is used through ctypes */

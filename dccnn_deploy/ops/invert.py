@@ -19,6 +19,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
+from dccnn_deploy.ops import native
 from dccnn_deploy.ops.jacobian import jacobian_determinant, spatial_gradient
 from dccnn_deploy.ops.warp import compose, displaced_sampler, vector_length, warp_gridsample
 
@@ -95,11 +96,19 @@ def invert_displacement(
     """
     u = forward.float()
     sources = field_and_gradient(u)
-    sample = displaced_sampler(sources, "border")  # built once: 12 channels, up to `iterations` reads
     if init is None:
         w = -warp_gridsample(u, -u, padding="border")  # one read: no mosaic to build
     else:
         w = init.detach().float().clone()
+    if native.serves(sources):  # the compiled iteration: sampling and Newton step in one pass
+        compiled = native.NativeSource(sources, "border")
+        for _ in range(iterations):
+            stepped, mean_residual = native.newton_inverse_step(compiled, w, SINGULAR_DETERMINANT, MAX_STEP_VOXELS)
+            if mean_residual < tolerance:
+                break
+            w = stepped
+        return w.to(forward.dtype)
+    sample = displaced_sampler(sources, "border")  # built once: 12 channels, up to `iterations` reads
     for _ in range(iterations):
         sampled = sample(w)
         residual = w + sampled[:, :3]

@@ -36,7 +36,7 @@ _DISPLACEMENT, _GRID = 0, 1
 
 @lru_cache(maxsize=1)
 def _library():
-    """The loaded library (its two functions typed), or None when it is not built or ``DCCNN_NATIVE=0``."""
+    """The loaded library (its functions typed), or None when it is not built or ``DCCNN_NATIVE=0``."""
     if os.environ.get("DCCNN_NATIVE", "1").strip().lower() in ("0", "false", "no", "off"):
         return None
     for suffix in importlib.machinery.EXTENSION_SUFFIXES:
@@ -44,13 +44,15 @@ def _library():
         if path.is_file():
             try:
                 lib = ctypes.CDLL(str(path))
-                trilinear, jacobian = lib.dccnn_trilinear, lib.dccnn_jacobian_det
+                trilinear, jacobian, newton = lib.dccnn_trilinear, lib.dccnn_jacobian_det, lib.dccnn_newton_inverse
             except (OSError, AttributeError):
                 return None
-            p, i, n = ctypes.c_void_p, ctypes.c_int, ctypes.c_int64
+            p, i, n, f = ctypes.c_void_p, ctypes.c_int, ctypes.c_int64, ctypes.c_float
             trilinear.argtypes = [p, i, i, i, i, p, i, i, i, n, i, p, n, n]
             jacobian.argtypes = [p, i, i, i, p, n, n]
+            newton.argtypes = [p, i, i, i, p, p, f, f, n, n]
             trilinear.restype = jacobian.restype = ctypes.c_int
+            newton.restype = ctypes.c_double
             return lib
     return None
 
@@ -159,4 +161,25 @@ def jacobian_determinant(displacement: torch.Tensor) -> torch.Tensor:
     return out
 
 
-__all__ = ["available", "serves", "NativeSource", "jacobian_determinant", "MAX_CHANNELS"]
+def newton_inverse_step(source: NativeSource, w: torch.Tensor, singular: float, max_step: float
+                        ) -> tuple[torch.Tensor, float]:
+    """One Newton iteration of :func:`dccnn_deploy.ops.invert.invert_displacement` in one pass over
+    the grid: ``source`` holds :func:`~dccnn_deploy.ops.invert.field_and_gradient` of the forward
+    field (12 channels, border padding), ``w`` ``(B, 3, D, H, W)`` the current inverse. Returns
+    ``w`` minus the capped Newton step (:func:`~dccnn_deploy.ops.invert.newton_step`, fallback to
+    the fixed-point step) and the mean residual ``|w + u(y + w)|`` at ``w`` (before the step)."""
+    b, c, d, h, wd = source.shape
+    if c != 12 or source.zeros or tuple(w.shape) != (b, 3, d, h, wd):
+        raise ValueError(f"newton_inverse_step: sources {source.shape} (border) and inverse {tuple(w.shape)}")
+    lib = _library()
+    w = w.detach().float().contiguous()
+    out = torch.empty_like(w)
+    n = d * h * wd
+    total = 0.0
+    for k in range(b):
+        args = (source.data[k].data_ptr(), d, h, wd, w[k].data_ptr(), out[k].data_ptr(), singular, max_step)
+        total += sum(_split(lambda start, stop: lib.dccnn_newton_inverse(*args, start, stop), n, n))
+    return out, total / (b * n)
+
+
+__all__ = ["available", "serves", "NativeSource", "jacobian_determinant", "newton_inverse_step", "MAX_CHANNELS"]
