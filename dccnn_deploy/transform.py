@@ -32,6 +32,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from dccnn_deploy.ops import native
 from dccnn_deploy.ops.jacobian import axis_derivative, jacobian_determinant
 from dccnn_deploy.ops.warp import vector_length, volume_sampler
 from dccnn_deploy.preprocess.grid import Grid
@@ -147,10 +148,17 @@ class Registration:
             part = points[:, a:b]
             part.copy_(torch.addmm(part.reshape(3, -1), linear, u.view(3, -1)).view(part.shape))
         if sampled is not None:
-            forward = volume_sampler(_field_file_order(preimage_of), "border")
             per_grid_voxel = np.linalg.inv(np.asarray(to_grid_voxels, dtype=np.float64)[:3, :3])
+            if native.serves(preimage_of):  # the compiled step: one pass, no sampling grid
+                compiled = native.NativeSource(preimage_of, "border")
+                step = lambda a, b: native.preimage_step(  # noqa: E731
+                    sampled, (a, b), to_norm, compiled, per_grid_voxel, PREIMAGE_MAX_STEP)
+            else:
+                forward = volume_sampler(_field_file_order(preimage_of), "border")
+                step = lambda a, b: _preimage(  # noqa: E731
+                    forward, grids(a, b), sampled, (a, b), per_grid_voxel, self.grid.shape)
             for a, b in slabs:
-                u = _preimage(forward, grids(a, b), sampled, (a, b), per_grid_voxel, self.grid.shape)
+                u = step(a, b)
                 part = points[:, a:b]
                 part.copy_(torch.addmm(part.reshape(3, -1), linear, u.reshape(3, -1)).view(part.shape))
         return _from_file_order(points)

@@ -210,6 +210,70 @@ DCCNN_CLONES double dccnn_newton_inverse(const float *src, int D, int H, int W, 
     return total;
 }
 
+/* The preimage step of dccnn_deploy.transform._preimage for the target voxels of the file-order
+ * planes [k0, k1) of a target volume (K, J, I), i fastest. u (3, K, J, I) planar: the interpolated
+ * inverse displacement at every target voxel (model voxels, channel c = model axis c); norm (3 x 4,
+ * row-major): target voxel (i, j, k) -> normalised model-grid point p; fwd (D, H, W, 3)
+ * channels-last: the forward field on the model grid (border padding); P (3 x 3, row-major): target
+ * voxels per model voxel, P[m][c] for file axis m (i, j, k) and model axis c. With the residual
+ * r = u + f(p + u) and the inverse map's Jacobian from central differences of u between target
+ * voxels, the step s = r + (du/dw) r is capped at max_step and is 0 where p lies outside [-1, 1];
+ * writes u - s to out, planes k_base .. k_base + k_count - 1 of it (planar (3, k_count, J, I)). */
+DCCNN_CLONES int dccnn_preimage(const float *u, int K, int J, int I, const double *norm, const float *fwd, int D,
+                                int H, int W, const double *P, float max_step, float *out, int64_t k_base,
+                                int64_t k_count, int64_t k0, int64_t k1) {
+    const int64_t plane = (int64_t)J * I, n = (int64_t)K * plane, n_out = k_count * plane;
+    const float half[3] = {0.5f * (float)(D - 1), 0.5f * (float)(H - 1), 0.5f * (float)(W - 1)};
+    float pf[9];
+    for (int c = 0; c < 3; ++c)
+        for (int m = 0; m < 3; ++m) pf[3 * c + m] = (float)P[3 * m + c]; /* pf[c][m] = P[m][c] */
+    for (int64_t k = k0; k < k1; ++k) {
+        int64_t kl, kh;
+        float sk;
+        axis_neighbours(k, K, &kl, &kh, &sk);
+        for (int64_t j = 0; j < J; ++j) {
+            int64_t jl, jh;
+            float sj;
+            axis_neighbours(j, J, &jl, &jh, &sj);
+            double row[3];
+            for (int c = 0; c < 3; ++c) row[c] = norm[4 * c + 1] * j + norm[4 * c + 2] * k + norm[4 * c + 3];
+            const int64_t base = k * plane + j * I;
+            const int64_t up_k = kh * plane + j * I, down_k = kl * plane + j * I;
+            const int64_t up_j = k * plane + jh * I, down_j = k * plane + jl * I;
+            float *o = out + (k - k_base) * plane + j * I;
+            for (int64_t i = 0; i < I; ++i) {
+                const int64_t at = base + i;
+                const int64_t il = i > 0 ? i - 1 : 0, ih = i < I - 1 ? i + 1 : I - 1;
+                const float si = (ih - il) == 2 ? 0.5f : ((ih - il) == 1 ? 1.0f : 0.0f);
+                float p[3], d[3], f[3], r[3];
+                int outside = 0;
+                for (int c = 0; c < 3; ++c) {
+                    p[c] = (float)(row[c] + norm[4 * c] * i);
+                    outside |= p[c] > 1.0f || p[c] < -1.0f;
+                    d[c] = u[c * n + at];
+                }
+                sample_into(fwd, D, H, W, 3, (p[0] + 1.0f) * half[0] + d[0], (p[1] + 1.0f) * half[1] + d[1],
+                            (p[2] + 1.0f) * half[2] + d[2], 0, f);
+                for (int c = 0; c < 3; ++c) r[c] = d[c] + f[c];
+                float s[3];
+                for (int ch = 0; ch < 3; ++ch) {
+                    const float *uc = u + ch * n;
+                    float di = (uc[base + ih] - uc[base + il]) * si;
+                    float dj = (uc[up_j + i] - uc[down_j + i]) * sj;
+                    float dk = (uc[up_k + i] - uc[down_k + i]) * sk;
+                    s[ch] = r[ch] + (di * pf[0] + dj * pf[1] + dk * pf[2]) * r[0]
+                                  + (di * pf[3] + dj * pf[4] + dk * pf[5]) * r[1]
+                                  + (di * pf[6] + dj * pf[7] + dk * pf[8]) * r[2];
+                }
+                float length = sqrtf(s[0] * s[0] + s[1] * s[1] + s[2] * s[2]) + 1e-12f;
+                float cap = outside ? 0.0f : (max_step / length < 1.0f ? max_step / length : 1.0f);
+                for (int c = 0; c < 3; ++c) o[c * n_out + i] = d[c] - s[c] * cap;
+            }
+        }
+    }
+    return 0;
+}
+
 /* an importable module too (setuptools builds a CPython extension); the function is used through ctypes */
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_trilinear", "Trilinear sampling kernel (ctypes).", -1, NULL};
 PyMODINIT_FUNC PyInit__trilinear(void) { return PyModule_Create(&module); }

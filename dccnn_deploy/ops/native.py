@@ -45,13 +45,15 @@ def _library():
             try:
                 lib = ctypes.CDLL(str(path))
                 trilinear, jacobian, newton = lib.dccnn_trilinear, lib.dccnn_jacobian_det, lib.dccnn_newton_inverse
+                preimage = lib.dccnn_preimage
             except (OSError, AttributeError):
                 return None
             p, i, n, f = ctypes.c_void_p, ctypes.c_int, ctypes.c_int64, ctypes.c_float
             trilinear.argtypes = [p, i, i, i, i, p, i, i, i, n, i, p, n, n]
             jacobian.argtypes = [p, i, i, i, p, n, n]
             newton.argtypes = [p, i, i, i, p, p, f, f, n, n]
-            trilinear.restype = jacobian.restype = ctypes.c_int
+            preimage.argtypes = [p, i, i, i, p, p, i, i, i, p, f, p, n, n, n, n]
+            trilinear.restype = jacobian.restype = preimage.restype = ctypes.c_int
             newton.restype = ctypes.c_double
             return lib
     return None
@@ -182,4 +184,27 @@ def newton_inverse_step(source: NativeSource, w: torch.Tensor, singular: float, 
     return out, total / (b * n)
 
 
-__all__ = ["available", "serves", "NativeSource", "jacobian_determinant", "newton_inverse_step", "MAX_CHANNELS"]
+def preimage_step(inverse: torch.Tensor, planes: tuple[int, int], to_norm, forward: NativeSource, per_grid_voxel,
+                  max_step: float) -> torch.Tensor:
+    """:func:`dccnn_deploy.transform._preimage` for the file-order planes ``planes`` of a target
+    volume in one pass: ``inverse`` ``(3, K, J, I)`` the interpolated inverse displacement at every
+    target voxel (float32, contiguous), ``to_norm`` (4 x 4) target voxel -> normalised model-grid
+    point, ``forward`` the forward field ``(1, 3, D, H, W)`` (border padding), ``per_grid_voxel``
+    (3 x 3) target voxels per model voxel. Returns the refined displacement ``(3, b - a, J, I)``."""
+    import numpy as np
+
+    lib = _library()
+    _, k_total, j, i = inverse.shape
+    _, _, d, h, w = forward.shape
+    a, b = planes
+    norm = np.ascontiguousarray(np.asarray(to_norm, dtype=np.float64)[:3])
+    per_voxel = np.ascontiguousarray(per_grid_voxel, dtype=np.float64)
+    out = torch.empty((3, b - a, j, i), dtype=torch.float32)
+    args = (inverse.data_ptr(), k_total, j, i, norm.ctypes.data, forward.data[0].data_ptr(), d, h, w,
+            per_voxel.ctypes.data, max_step, out.data_ptr(), a, b - a)
+    _split(lambda start, stop: lib.dccnn_preimage(*args, a + start, a + stop), b - a, (b - a) * j * i)
+    return out
+
+
+__all__ = ["available", "serves", "NativeSource", "jacobian_determinant", "newton_inverse_step", "preimage_step",
+           "MAX_CHANNELS"]
