@@ -128,32 +128,31 @@ DCCNN_CLONES int dccnn_trilinear(const float *src, int D, int H, int W, int C, c
  * [z0, z1), written to out (D, H, W). Derivatives as dccnn_deploy.ops.jacobian.axis_derivative:
  * central differences inside, one-sided on the first and last voxel of an axis, 0 along an axis
  * of one voxel. */
-DCCNN_INLINE void axis_neighbours(int64_t i, int64_t n, int64_t *lo, int64_t *hi, float *scale) {
-    *lo = i > 0 ? i - 1 : 0;
-    *hi = i < n - 1 ? i + 1 : n - 1;
-    *scale = (*hi - *lo) == 2 ? 0.5f : ((*hi - *lo) == 1 ? 1.0f : 0.0f);
+typedef struct {
+    int64_t lo, hi; /* the neighbours a derivative reads */
+    float scale;    /* 1 / their distance (0 along an axis of one voxel) */
+} Neighbours;
+
+DCCNN_INLINE Neighbours axis_neighbours(int64_t i, int64_t n) {
+    Neighbours nb = {i > 0 ? i - 1 : 0, i < n - 1 ? i + 1 : n - 1, 0.0f};
+    nb.scale = (nb.hi - nb.lo) == 2 ? 0.5f : ((nb.hi - nb.lo) == 1 ? 1.0f : 0.0f);
+    return nb;
 }
 
 DCCNN_CLONES int dccnn_jacobian_det(const float *u, int D, int H, int W, float *out, int64_t z0, int64_t z1) {
     const int64_t plane = (int64_t)H * W, n = (int64_t)D * plane;
     for (int64_t z = z0; z < z1; ++z) {
-        int64_t zl, zh;
-        float sz;
-        axis_neighbours(z, D, &zl, &zh, &sz);
+        const Neighbours zn = axis_neighbours(z, D);
         for (int64_t y = 0; y < H; ++y) {
-            int64_t yl, yh;
-            float sy;
-            axis_neighbours(y, H, &yl, &yh, &sy);
+            const Neighbours yn = axis_neighbours(y, H);
             for (int64_t x = 0; x < W; ++x) {
-                int64_t xl, xh;
-                float sx;
-                axis_neighbours(x, W, &xl, &xh, &sx);
+                const Neighbours xn = axis_neighbours(x, W);
                 float a[3][3];
                 for (int c = 0; c < 3; ++c) {
                     const float *f = u + c * n;
-                    a[c][0] = (f[zh * plane + y * W + x] - f[zl * plane + y * W + x]) * sz + (c == 0);
-                    a[c][1] = (f[z * plane + yh * W + x] - f[z * plane + yl * W + x]) * sy + (c == 1);
-                    a[c][2] = (f[z * plane + y * W + xh] - f[z * plane + y * W + xl]) * sx + (c == 2);
+                    a[c][0] = (f[zn.hi * plane + y * W + x] - f[zn.lo * plane + y * W + x]) * zn.scale + (c == 0);
+                    a[c][1] = (f[z * plane + yn.hi * W + x] - f[z * plane + yn.lo * W + x]) * yn.scale + (c == 1);
+                    a[c][2] = (f[z * plane + y * W + xn.hi] - f[z * plane + y * W + xn.lo]) * xn.scale + (c == 2);
                 }
                 out[z * plane + y * W + x] = a[0][0] * (a[1][1] * a[2][2] - a[1][2] * a[2][1])
                                            - a[0][1] * (a[1][0] * a[2][2] - a[1][2] * a[2][0])
@@ -228,23 +227,18 @@ DCCNN_CLONES int dccnn_preimage(const float *u, int K, int J, int I, const doubl
     for (int c = 0; c < 3; ++c)
         for (int m = 0; m < 3; ++m) pf[3 * c + m] = (float)P[3 * m + c]; /* pf[c][m] = P[m][c] */
     for (int64_t k = k0; k < k1; ++k) {
-        int64_t kl, kh;
-        float sk;
-        axis_neighbours(k, K, &kl, &kh, &sk);
+        const Neighbours kn = axis_neighbours(k, K);
         for (int64_t j = 0; j < J; ++j) {
-            int64_t jl, jh;
-            float sj;
-            axis_neighbours(j, J, &jl, &jh, &sj);
+            const Neighbours jn = axis_neighbours(j, J);
             double row[3];
             for (int c = 0; c < 3; ++c) row[c] = norm[4 * c + 1] * j + norm[4 * c + 2] * k + norm[4 * c + 3];
             const int64_t base = k * plane + j * I;
-            const int64_t up_k = kh * plane + j * I, down_k = kl * plane + j * I;
-            const int64_t up_j = k * plane + jh * I, down_j = k * plane + jl * I;
+            const int64_t up_k = kn.hi * plane + j * I, down_k = kn.lo * plane + j * I;
+            const int64_t up_j = k * plane + jn.hi * I, down_j = k * plane + jn.lo * I;
             float *o = out + (k - k_base) * plane + j * I;
             for (int64_t i = 0; i < I; ++i) {
                 const int64_t at = base + i;
-                const int64_t il = i > 0 ? i - 1 : 0, ih = i < I - 1 ? i + 1 : I - 1;
-                const float si = (ih - il) == 2 ? 0.5f : ((ih - il) == 1 ? 1.0f : 0.0f);
+                const Neighbours in = axis_neighbours(i, I);
                 float p[3], d[3], f[3], r[3];
                 int outside = 0;
                 for (int c = 0; c < 3; ++c) {
@@ -258,9 +252,9 @@ DCCNN_CLONES int dccnn_preimage(const float *u, int K, int J, int I, const doubl
                 float s[3];
                 for (int ch = 0; ch < 3; ++ch) {
                     const float *uc = u + ch * n;
-                    float di = (uc[base + ih] - uc[base + il]) * si;
-                    float dj = (uc[up_j + i] - uc[down_j + i]) * sj;
-                    float dk = (uc[up_k + i] - uc[down_k + i]) * sk;
+                    float di = (uc[base + in.hi] - uc[base + in.lo]) * in.scale;
+                    float dj = (uc[up_j + i] - uc[down_j + i]) * jn.scale;
+                    float dk = (uc[up_k + i] - uc[down_k + i]) * kn.scale;
                     s[ch] = r[ch] + (di * pf[0] + dj * pf[1] + dk * pf[2]) * r[0]
                                   + (di * pf[3] + dj * pf[4] + dk * pf[5]) * r[1]
                                   + (di * pf[6] + dj * pf[7] + dk * pf[8]) * r[2];
