@@ -191,6 +191,9 @@ def test_onnx_model_picks_onnxruntime(study, tmp_path):
                             metadata={"spacing": str(bundle.spacing_mm)}).path
     result = dd.register(study["moving"], study["fixed"], model=onnx_path)
     assert result.metrics["backend"] == "onnxruntime-cpu"
+    from dccnn_deploy.ops import native
+
+    assert result.metrics["compiled_sampler"] is native.available()  # recorded for support
     assert dd.open_model(onnx_path).fit_divisor is None  # a static graph keeps its grid
     assert result.metrics["grid"]["shape"] == list(bundle.grid_shape)
 

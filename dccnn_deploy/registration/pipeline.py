@@ -41,6 +41,7 @@ from dccnn_deploy.registration.prepare import (
 )
 from dccnn_deploy.registration.result import RegistrationResult
 from dccnn_deploy.registration.sanity_affine import overlap_warnings, similarity_warnings
+from dccnn_deploy.ops.native import available as compiled_sampler
 from dccnn_deploy.ops.invert import make_inverse_consistent
 from dccnn_deploy.runtime.passes import run_passes
 from dccnn_deploy.runtime.loading import Network, check_precision, open_network
@@ -305,6 +306,7 @@ def run(moving: ImageLike, fixed: ImageLike, opts: RegisterOptions | None = None
     info = {
         "version": __version__,
         "torch": torch.__version__,
+        "compiled_sampler": compiled_sampler(),  # dccnn_deploy/_native built and on (else PyTorch sampling)
         "moving": str(moving_v.path),
         "fixed": str(fixed_v.path),
         "model": {"path": network.path, "sha256": network.sha256} if network else None,
