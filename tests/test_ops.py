@@ -211,3 +211,22 @@ def test_jacobian_determinant_compiled_matches_pytorch(shape, monkeypatch):
         want = jacobian_determinant(disp)
     assert got.shape == want.shape == (shape[0], 1, *shape[2:])
     assert (got - want).abs().max() < 1e-4 * want.abs().max().clamp(min=1.0)
+
+
+def test_differentiable_compiled_sampling_matches_grid_sample_gradient():
+    """The affine stage's sampling (zeros padding, gradient to the displacement) gives grid_sample's
+    values and gradients, points outside the volume included."""
+    from dccnn_deploy.ops import native
+    from dccnn_deploy.ops.warp import warp_gridsample
+
+    if not native.available():
+        pytest.skip("the compiled sampler is not built")
+    torch.manual_seed(3)
+    volume = torch.randn(1, 2, 12, 14, 10)
+    disp = (torch.randn(1, 3, 1, 4, 500) * 8.0).requires_grad_(True)  # many points outside
+    got = warp_gridsample(volume, disp, padding="zeros")
+    (got_grad,) = torch.autograd.grad((got * torch.linspace(-1, 1, 500)).sum(), disp)
+    want = _grid_sample_warp(volume, disp, "zeros")
+    (want_grad,) = torch.autograd.grad((want * torch.linspace(-1, 1, 500)).sum(), disp)
+    assert (got - want).abs().max() < 1e-5
+    assert (got_grad - want_grad).abs().max() < 1e-4 * want_grad.abs().max()

@@ -79,6 +79,47 @@ DCCNN_INLINE void sample_point(const float *src, int D, int H, int W, const int 
     for (int c = 0; c < C; ++c) out[c * n_out + i] = acc[c];
 }
 
+/* d weight / d coordinate of one axis's two corners with zeros padding: -1 and +1 for corners
+ * inside the volume, 0 for those outside (their value is 0) */
+DCCNN_INLINE void axis_slopes(float coord, int size, float slope[2]) {
+    coord = coord < -2.0f ? -2.0f : (coord > (float)size + 1.0f ? (float)size + 1.0f : coord);
+    int64_t lo = (int64_t)floorf(coord), hi = lo + 1;
+    slope[0] = (lo >= 0 && lo <= size - 1) ? -1.0f : 0.0f;
+    slope[1] = (hi >= 0 && hi <= size - 1) ? 1.0f : 0.0f;
+}
+
+/* the C channels at one point into acc[0..C) and their derivatives along z, y, x into
+ * grad[3c + 0..2] (zeros padding: a corner outside the volume is 0; grid_sample's backward) */
+DCCNN_INLINE void sample_grad_into(const float *src, int D, int H, int W, const int C, float z, float y, float x,
+                                   float *acc, float *grad) {
+    for (int c = 0; c < C; ++c) acc[c] = grad[3 * c] = grad[3 * c + 1] = grad[3 * c + 2] = 0.0f;
+    if (!(z == z && y == y && x == x)) return;
+    int64_t zi[2], yi[2], xi[2];
+    float wz[2], wy[2], wx[2], dz[2], dy[2], dx[2];
+    axis_corners(z, D, 1, zi, wz);
+    axis_corners(y, H, 1, yi, wy);
+    axis_corners(x, W, 1, xi, wx);
+    axis_slopes(z, D, dz);
+    axis_slopes(y, H, dy);
+    axis_slopes(x, W, dx);
+    for (int a = 0; a < 2; ++a) {
+        for (int b = 0; b < 2; ++b) {
+            const float *row = src + ((zi[a] * H + yi[b]) * (int64_t)W) * C;
+            for (int e = 0; e < 2; ++e) {
+                const float *p = row + xi[e] * C;
+                float w = wz[a] * wy[b] * wx[e];
+                float gz = dz[a] * wy[b] * wx[e], gy = wz[a] * dy[b] * wx[e], gx = wz[a] * wy[b] * dx[e];
+                for (int c = 0; c < C; ++c) {
+                    acc[c] += w * p[c];
+                    grad[3 * c] += gz * p[c];
+                    grad[3 * c + 1] += gy * p[c];
+                    grad[3 * c + 2] += gx * p[c];
+                }
+            }
+        }
+    }
+}
+
 /* points [start, stop) of a grid of shape (od, oh, ow): mode 0 = voxel displacements on that
  * grid, planar (3, n) in array-axis order (z, y, x), the point being (k + dz, j + dy, i + dx);
  * mode 1 = grid_sample grid, (n, 3) normalised (x, y, z) in [-1, 1] of the source volume */
@@ -157,6 +198,32 @@ DCCNN_CLONES int dccnn_jacobian_det(const float *u, int D, int H, int W, float *
                 out[z * plane + y * W + x] = a[0][0] * (a[1][1] * a[2][2] - a[1][2] * a[2][1])
                                            - a[0][1] * (a[1][0] * a[2][2] - a[1][2] * a[2][0])
                                            + a[0][2] * (a[1][0] * a[2][1] - a[1][1] * a[2][0]);
+            }
+        }
+    }
+    return 0;
+}
+
+/* Voxel-displacement sampling (mode 0 of dccnn_trilinear, zeros padding) of C <= 16 channels
+ * with the derivatives of each value along the three array axes, for gradients with respect to the
+ * displacement: out (C, n), grad (C, 3, n) planar, output points [start, stop). */
+DCCNN_CLONES int dccnn_trilinear_grad(const float *src, int D, int H, int W, int C, const float *disp, int oh, int ow,
+                                      int64_t n, float *out, float *grad, int64_t start, int64_t stop) {
+    if (C < 1 || C > 16) return -1;
+    const int64_t plane = (int64_t)oh * ow;
+    int64_t k = start / plane, j = (start / ow) % oh, l = start % ow;
+    for (int64_t i = start; i < stop; ++i) {
+        float acc[16], g[48];
+        sample_grad_into(src, D, H, W, C, (float)k + disp[i], (float)j + disp[n + i], (float)l + disp[2 * n + i], acc, g);
+        for (int c = 0; c < C; ++c) {
+            out[c * n + i] = acc[c];
+            for (int m = 0; m < 3; ++m) grad[(3 * c + m) * n + i] = g[3 * c + m];
+        }
+        if (++l == ow) {
+            l = 0;
+            if (++j == oh) {
+                j = 0;
+                ++k;
             }
         }
     }
