@@ -1,11 +1,15 @@
-"""The compiled trilinear sampler (``dccnn_deploy/_native/trilinear.c``) for CPU inference.
+"""The compiled kernels (``dccnn_deploy/_native/trilinear.c``) of the CPU path: trilinear sampling
+(also differentiable in the displacement), the Jacobian determinant, the numerical inverse's
+Newton iteration and the written inverse's preimage step.
 
 PyTorch's CPU ``grid_sample`` reads each channel of each corner from its own plane, and its 3-D
 kernel is not vectorised. The C kernel keeps a volume channels-last, so one set of corner indices
 and weights serves all channels: on the 2-core VM an 8-channel 80 x 96 x 96 feature warp takes
 ~10 ms instead of ~80 ms (the 2-D mosaic, ``ops.warp``) and a 1 mm image ~0.24 s instead of
 ~0.87 s (docs/benchmarks.md). Same values as ``grid_sample(mode="bilinear",
-align_corners=True)`` within float rounding.
+align_corners=True)`` within float rounding; the other kernels compute what their PyTorch
+versions in ``ops.jacobian``, ``ops.invert`` and ``transform`` compute, which stay as the
+reference and the fallback (tests compare both).
 
 The library is an optional extension built with the package (``setup.py``); without it (no
 compiler at install, another platform), or with ``DCCNN_NATIVE=0`` in the environment,
