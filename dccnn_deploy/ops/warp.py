@@ -175,9 +175,11 @@ def volume_sampler(volume: torch.Tensor, padding: Padding = "zeros", mode: str =
     """``grid -> F.grid_sample(volume, grid, mode, padding, align_corners=True)`` for a 5-D
     ``volume`` sampled many times (e.g. slab by slab).
 
-    On the CPU, without gradients, trilinear sampling runs as two bilinear samples of the
-    slices tiled once into a 2-D mosaic (the two slices around each point's depth, blended
-    linearly): PyTorch's 2-D CPU kernel is vectorised, its 3-D one is not. Same values within
+    On the CPU, without gradients, the compiled kernel samples where it is built
+    (:mod:`~dccnn_deploy.ops.native`: ~8x faster than ``grid_sample``). Without it, trilinear
+    sampling runs as two bilinear samples of the slices tiled once into a 2-D mosaic (the two
+    slices around each point's depth, blended linearly): PyTorch's 2-D CPU kernel is vectorised,
+    its 3-D one is not. Same values within
     float rounding of the sample position (~2e-4 voxel, :data:`MOSAIC_MAX_SIDE`); zero padding
     is exact per corner (a zero margin around every tile), border padding clamps as in 3-D.
     It pays where several channels are read at many points (:data:`MOSAIC_MIN_CHANNELS`): the written 1 mm inverse warp samples
@@ -210,14 +212,16 @@ def volume_sampler(volume: torch.Tensor, padding: Padding = "zeros", mode: str =
 def displaced_sampler(volume: torch.Tensor, padding: Padding = "zeros") -> Callable[[torch.Tensor], torch.Tensor]:
     """``disp -> warp_gridsample(volume, disp, padding)`` (trilinear, voxel displacements on the
     volume's own grid) for a volume read at many displacements: the CPU backend's network warps
-    each scale's features N times. Through :class:`_MosaicSource` where it pays (tiled once, voxel
+    each scale's features N times. Through the compiled kernel where it is built
+    (:mod:`~dccnn_deploy.ops.native`), else :class:`_MosaicSource` where it pays (tiled once, voxel
     coordinates straight from the displacement: no normalised grid), else ``warp_gridsample``."""
     def fallback(disp: torch.Tensor) -> bool:
         return disp.shape[2:] != volume.shape[2:] or _needs_grad(disp)
 
     if native.serves(volume):
-        compiled = native.NativeSource(volume, padding)
-        return lambda disp: warp_gridsample(volume, disp, padding=padding) if _needs_grad(disp) else compiled.displaced(disp)
+        compiled = native.NativeSource(volume, padding)  # copied channels-last once, read N times
+        return lambda disp: (warp_gridsample(volume, disp, padding=padding) if _needs_grad(disp)
+                             else compiled.displaced(disp))
     if not _mosaic_pays(volume, padding):
         return lambda disp: warp_gridsample(volume, disp, padding=padding)
     source = _MosaicSource(volume, padding)
@@ -246,7 +250,9 @@ def warp_gridsample(
 ) -> torch.Tensor:
     """Same sampling as :func:`warp` through ``grid_sample`` (fast backward; training path).
 
-    ``mode="nearest"`` gives nearest-neighbour sampling for label maps.
+    ``mode="nearest"`` gives nearest-neighbour sampling for label maps. On the CPU, bilinear
+    sampling of a volume that needs no gradient runs in the compiled kernel
+    (:mod:`~dccnn_deploy.ops.native`), differentiable in ``displacement`` with zeros padding.
     """
     if mode == "bilinear" and native.serves(volume):
         if not _needs_grad(displacement):
