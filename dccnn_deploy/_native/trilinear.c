@@ -205,6 +205,7 @@ DCCNN_CLONES int dccnn_jacobian_det(const float *u, int D, int H, int W, float *
 }
 
 /* Voxel-displacement sampling (mode 0 of dccnn_trilinear, zeros padding) of C <= 16 channels
+ * (ops/native.py MAX_SLOPE_CHANNELS)
  * with the derivatives of each value along the three array axes, for gradients with respect to the
  * displacement: out (C, n), grad (C, 3, n) planar, output points [start, stop). */
 DCCNN_CLONES int dccnn_trilinear_grad(const float *src, int D, int H, int W, int C, const float *disp, int oh, int ow,

@@ -22,16 +22,20 @@ from __future__ import annotations
 
 import ctypes
 import importlib.machinery
+import math
 import os
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from functools import lru_cache
 from pathlib import Path
 
+import numpy as np
 import torch
 
 #: channel counts the kernel serves (its per-point accumulator)
 MAX_CHANNELS = 64
+#: channel counts the differentiable sampling serves (``dccnn_trilinear_grad``'s accumulators)
+MAX_SLOPE_CHANNELS = 16
 #: fewest output points worth splitting between threads
 MIN_POINTS_PER_THREAD = 16_384
 _LIBRARY_DIR = Path(__file__).resolve().parent.parent / "_native"
@@ -125,9 +129,7 @@ class NativeSource:
     def _run(self, b: int, where: torch.Tensor, mode: int, out_shape: tuple[int, ...]) -> torch.Tensor:
         kernel = _library().dccnn_trilinear
         _, c, d, h, w = self.shape
-        n = 1
-        for s in out_shape:
-            n *= s
+        n = math.prod(out_shape)
         out = torch.empty((c, *out_shape), dtype=torch.float32)
         oh, ow = (out_shape[1], out_shape[2]) if mode == _DISPLACEMENT else (0, 0)
         args = (self.data[b].data_ptr(), d, h, w, c, where.data_ptr(), mode, oh, ow, n, self.zeros, out.data_ptr())
@@ -146,16 +148,18 @@ class NativeSource:
         return _batch([self._run(b, disp[b], _DISPLACEMENT, tuple(disp.shape[2:])) for b in range(self.shape[0])])
 
     def displaced_with_slopes(self, disp: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """:meth:`displaced` (zeros padding, at most 16 channels) and the derivatives of every value
-        along the three array axes ``(B, C, 3, *S_out)``: the gradient with respect to ``disp``."""
-        if not self.zeros or self.shape[1] > 16 or disp.dim() != 5 or disp.shape[:2] != (self.shape[0], 3):
-            raise ValueError(f"displaced_with_slopes: volume {self.shape} (zeros padding, <= 16 channels), "
-                             f"displacement {tuple(disp.shape)}")
+        """:meth:`displaced` (zeros padding, at most :data:`MAX_SLOPE_CHANNELS` channels) and the
+        derivatives of every value along the three array axes ``(B, C, 3, *S_out)``: the gradient
+        with respect to ``disp``."""
+        if (not self.zeros or self.shape[1] > MAX_SLOPE_CHANNELS or disp.dim() != 5
+                or disp.shape[:2] != (self.shape[0], 3)):
+            raise ValueError(f"displaced_with_slopes: volume {self.shape} (zeros padding, <= {MAX_SLOPE_CHANNELS} "
+                             f"channels), displacement {tuple(disp.shape)}")
         kernel = _library().dccnn_trilinear_grad
         disp = disp.detach().float().contiguous()
         b, c, d, h, w = self.shape
         out_shape = tuple(disp.shape[2:])
-        n = out_shape[0] * out_shape[1] * out_shape[2]
+        n = math.prod(out_shape)
         values = torch.empty((b, c, *out_shape), dtype=torch.float32)
         slopes = torch.empty((b, c, 3, *out_shape), dtype=torch.float32)
         for k in range(b):
@@ -236,8 +240,6 @@ def preimage_step(inverse: torch.Tensor, planes: tuple[int, int], to_norm, forwa
     target voxel (float32, contiguous), ``to_norm`` (4 x 4) target voxel -> normalised model-grid
     point, ``forward`` the forward field ``(1, 3, D, H, W)`` (border padding), ``per_grid_voxel``
     (3 x 3) target voxels per model voxel. Returns the refined displacement ``(3, b - a, J, I)``."""
-    import numpy as np
-
     lib = _library()
     _, k_total, j, i = inverse.shape
     _, _, d, h, w = forward.shape
@@ -252,5 +254,4 @@ def preimage_step(inverse: torch.Tensor, planes: tuple[int, int], to_norm, forwa
 
 
 __all__ = ["available", "serves", "NativeSource", "displaced_differentiable", "jacobian_determinant",
-           "newton_inverse_step", "preimage_step",
-           "MAX_CHANNELS"]
+           "newton_inverse_step", "preimage_step", "MAX_CHANNELS", "MAX_SLOPE_CHANNELS"]

@@ -257,7 +257,7 @@ def warp_gridsample(
     if mode == "bilinear" and native.serves(volume):
         if not _needs_grad(displacement):
             return native.NativeSource(volume, padding).displaced(displacement).to(volume.dtype)
-        if padding == "zeros" and volume.shape[1] <= 16:  # gradient to the displacement only (affine stage)
+        if padding == "zeros" and volume.shape[1] <= native.MAX_SLOPE_CHANNELS:  # gradient to the displacement only
             return native.displaced_differentiable(volume, displacement).to(volume.dtype)
     grid = normalised_grid(displacement.float(), volume.shape[2:])
     out = F.grid_sample(volume.float(), grid, mode=mode, padding_mode=padding, align_corners=True)
