@@ -21,6 +21,18 @@ torch.set_num_threads(2)
 SMALL = ModelConfig(scales=3, steps=2, pyramid_channels=(16, 8, 4), encoder_channels=(4, 4, 8))
 
 
+def lively_model(seed: int = 0, sampler: str = "gridsample") -> DCCNNLSTMReg:
+    """A small random model (:data:`SMALL`, eval mode) whose gate weights are scaled up so the
+    displacements reach ~1 voxel and differences between code paths show."""
+    torch.manual_seed(seed)
+    net = DCCNNLSTMReg(SMALL, sampler=sampler).eval()
+    with torch.no_grad():
+        for blocks in net.blocks:
+            for block in blocks:
+                block.gates.weight.mul_(30.0)
+    return net
+
+
 def blob(shape=(24, 28, 20), centre=None, radius=6.0) -> torch.Tensor:
     """A smooth Gaussian-edged ball ``(1, 1, *shape)``."""
     centre = centre or [n / 2 for n in shape]

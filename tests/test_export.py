@@ -11,15 +11,15 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from dccnn_deploy import DCCNNLSTMReg, ModelConfig
+from dccnn_deploy import DCCNNLSTMReg
 from dccnn_deploy.export import FORBIDDEN_OPS, audit_model, audit_ops, export_onnx
 from dccnn_deploy.export.verify import verify_onnx
 from dccnn_deploy.metrics import class_dice, tissue_classes
 from dccnn_deploy.runtime import BackendUnavailable, OnnxRuntimeBackend, make_backend
 from dccnn_deploy.runtime.backends import import_tensorrt
+from conftest import lively_model
 
 GRID = (16, 20, 24)
-SMALL = ModelConfig(scales=3, steps=2, pyramid_channels=(16, 8, 4), encoder_channels=(4, 4, 8))
 CHECKPOINT_SHA = "0" * 64
 
 
@@ -31,13 +31,7 @@ def _pair(shape: tuple[int, int, int], seed: int = 0) -> tuple[np.ndarray, np.nd
 @pytest.fixture(scope="module")
 def model() -> DCCNNLSTMReg:
     """Small random model whose gates are scaled up so displacements reach ~1 voxel."""
-    torch.manual_seed(0)
-    net = DCCNNLSTMReg(SMALL, sampler="gather").eval()
-    with torch.no_grad():
-        for blocks in net.blocks:
-            for block in blocks:
-                block.gates.weight.mul_(30.0)
-    return net
+    return lively_model(0, sampler="gather")
 
 
 @pytest.fixture(scope="module")

@@ -8,6 +8,7 @@ import torch
 from dccnn_deploy import DCCNNLSTMReg, ModelConfig
 from dccnn_deploy.cli.params import PAPER_TABLE_V
 from dccnn_deploy.model import homotopy
+from conftest import lively_model
 
 
 @pytest.mark.parametrize("shape", [(17, 21, 11), (16, 16, 16), (9, 30, 13)])
@@ -179,3 +180,33 @@ def test_config_round_trip_and_validation():
         ModelConfig(scales=4)
     with pytest.raises(ValueError):
         ModelConfig.from_dict({"bogus": 1})
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_fused_cpu_steps_match_the_pytorch_loop(small_config, precision, monkeypatch):
+
+    """CPU inference runs each scale's steps through the compiled kernels (one channels-last
+    convolution input, the LSTM update fused with the Euler step): the same fields as the PyTorch
+    loop, both paths and the forward path alone; a model that needs gradients keeps the loop."""
+    from dccnn_deploy.ops import native
+    from dccnn_deploy.runtime.backends import TorchBackend
+
+    if not native.available():
+        pytest.skip("the compiled sampler is not built")
+    model = lively_model(2)
+    backend = TorchBackend(model, precision=precision)
+    x, y = torch.rand(16, 20, 12).numpy(), torch.rand(16, 20, 12).numpy()
+    calls = []
+    fused_scale = backend.model._fused_scale
+    monkeypatch.setattr(backend.model, "_fused_scale", lambda *a: calls.append(1) or fused_scale(*a))
+    fused = backend.run(x, y), backend.run(x, y, inverse=False)
+    assert len(calls) == 2 * len(small_config.pyramid_channels)
+    monkeypatch.setattr(backend.model, "_fuses_steps", lambda feats: False)
+    loop = backend.run(x, y), backend.run(x, y, inverse=False)
+    tolerance = 1e-4 if precision == "fp32" else 0.02  # bf16: the convolution input rounds at other places
+    assert max(float(abs(a).max()) for a in loop[0]) > 0.3
+    for got, want in zip(fused, loop):
+        assert all(float(abs(a - b).max()) < tolerance for a, b in zip(got, want) if b is not None)
+    monkeypatch.undo()
+    assert not model._fuses_steps(torch.zeros(1, 4, 2, 2, 2, requires_grad=True))  # training: the loop
+    assert model._fuses_steps(torch.zeros(1, 4, 2, 2, 2))

@@ -230,3 +230,81 @@ def test_differentiable_compiled_sampling_matches_grid_sample_gradient():
     (want_grad,) = torch.autograd.grad((want * torch.linspace(-1, 1, 500)).sum(), disp)
     assert (got - want).abs().max() < 1e-5
     assert (got_grad - want_grad).abs().max() < 1e-4 * want_grad.abs().max()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_compiled_sampling_into_a_channels_last_buffer(dtype):
+    """``displaced_into`` writes what ``displaced`` gives (rounded as ``Tensor.to``) into its own
+    channels of a channels-last buffer and leaves the others alone."""
+    from dccnn_deploy.ops import native
+
+    if not native.available():
+        pytest.skip("the compiled sampler is not built")
+    torch.manual_seed(4)
+    volume = torch.randn(2, 5, 9, 7, 6)
+    disp = torch.randn(2, 3, 9, 7, 6) * 3.0
+    source = native.NativeSource(volume, "border")
+    buffer = torch.full((2, 9, 9, 7, 6), 7.0, dtype=dtype).contiguous(memory_format=torch.channels_last_3d)
+    source.displaced_into(disp, buffer, 3)
+    want = source.displaced(disp)
+    assert torch.equal(buffer[:, 3:8], want.to(dtype))
+    assert bool((buffer[:, :3] == 7.0).all() and (buffer[:, 8:] == 7.0).all())
+    assert (want - _grid_sample_warp(volume, disp, "border")).abs().max() < 1e-5
+    with pytest.raises(ValueError, match="displaced_into"):
+        source.displaced_into(disp, buffer.contiguous(), 3)  # not channels-last
+    with pytest.raises(ValueError, match="displaced_into"):
+        source.displaced_into(disp, buffer, 5)  # channels beyond the buffer
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_compiled_lstm_update_and_euler_step_match_pytorch(dtype):
+    """One fused pass gives the CNN-LSTM update and the Euler step of the PyTorch loop
+    (model/cnn_lstm.py, model/dccnn.py), saturated gates included, and packs the new displacement
+    into the next convolution's input."""
+    from dccnn_deploy.ops import native
+
+    if not native.available():
+        pytest.skip("the compiled sampler is not built")
+    torch.manual_seed(5)
+    shape = (2, 7, 9, 6)
+    gates = (torch.randn(2, 12, *shape[1:]) * 6.0).to(dtype).contiguous(memory_format=torch.channels_last_3d)
+    memory, disp = torch.randn(2, 3, *shape[1:]), torch.randn(2, 3, *shape[1:])
+    h = torch.rand(2, 1, *shape[1:]) + 0.5
+    buffer = torch.zeros((2, 8, *shape[1:]), dtype=dtype).contiguous(memory_format=torch.channels_last_3d)
+    got_disp, got_memory = native.lstm_euler(gates, memory, disp, h, 0.25, (buffer, 5))
+    f, i, g, o = torch.split(gates.float(), 3, dim=1)
+    want_memory = torch.sigmoid(f) * memory + torch.sigmoid(i) * torch.tanh(g)
+    want_disp = disp + 0.25 * (torch.sigmoid(o) * torch.tanh(want_memory)) / h
+    assert (got_memory - want_memory).abs().max() < 2e-6
+    assert (got_disp - want_disp).abs().max() < 2e-6
+    assert torch.equal(buffer[:, 5:], got_disp.to(dtype)) and not buffer[:, :5].any()
+    plain_disp, plain_memory = native.lstm_euler(gates, memory, disp, h, 0.25)
+    assert torch.equal(plain_disp, got_disp) and torch.equal(plain_memory, got_memory)
+    with pytest.raises(ValueError, match="lstm_euler"):
+        native.lstm_euler(gates.contiguous(), memory, disp, h, 0.25)  # gates not channels-last
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 9, 7, 11), (1, 1, 1, 5, 4), (1, 2, 3, 1, 17), (1, 1, 33, 17, 5)])
+def test_compiled_smoothing_and_homotopy_match_pytorch(shape, monkeypatch):
+    """The compiled Gaussian (replicated borders, axes narrower than the kernel included) and the
+    homotopy's ``1 / max(J, floor)`` give the PyTorch values."""
+    from dccnn_deploy.model import homotopy
+    from dccnn_deploy.ops import native
+
+    if not native.available():
+        pytest.skip("the compiled sampler is not built")
+    torch.manual_seed(6)
+    volume = torch.randn(*shape)
+    disp = torch.randn(shape[0], 3, *shape[2:]) * 0.8  # folds too: J below the floor
+    with torch.no_grad():
+        got = [gaussian_smooth(volume, sigma) for sigma in (0.7, 1.0, 2.5)] + [homotopy(disp, 1.0, 0.1)]
+        reciprocal = native.jacobian_determinant(disp, 0.1)
+        monkeypatch.setattr(native, "serves", lambda volume: False)
+        want = [gaussian_smooth(volume, sigma) for sigma in (0.7, 1.0, 2.5)] + [homotopy(disp, 1.0, 0.1)]
+        jac = jacobian_determinant(disp)
+    assert bool((jac < 0.1).any())
+    assert (reciprocal - 1.0 / jac.clamp(min=0.1)).abs().max() < 1e-5 * 10.0
+    for g, w in zip(got, want):
+        assert g.shape == w.shape and (g - w).abs().max() < 1e-5 * w.abs().max().clamp(min=1.0)
+    with pytest.raises(ValueError, match="smooth"):
+        native.smooth(volume, [0.5, 0.5])

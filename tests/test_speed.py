@@ -21,12 +21,11 @@ from dccnn_deploy.io import nifti as nifti_io
 from dccnn_deploy.io.nifti import nifti_image
 from dccnn_deploy.ops.smoothing import gaussian_smooth
 from dccnn_deploy.ops.warp import compose, warp
-from dccnn_deploy.model import DCCNNLSTMReg
 from dccnn_deploy.preprocess.grid import Grid, model_grid
 from dccnn_deploy.runtime import backends as backends_module
 from dccnn_deploy.runtime.backends import TorchBackend, _transposed_as_conv, cpu_inference_model, uses_bf16
 from dccnn_deploy.transform import Registration, map_jacobian, sample_at, world_displacement
-from conftest import SMALL
+from conftest import lively_model
 from phantoms import grid_points, lia_affine, rotation
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -301,12 +300,7 @@ def test_stride_one_transposed_convolution_becomes_an_equal_convolution(padding)
 def test_cpu_tuned_torch_backend_matches_the_plain_model():
     """The tuned copy (channels-last, transposed convs as convs) gives the plain model's fields
     and leaves the caller's model as it was."""
-    torch.manual_seed(0)
-    model = DCCNNLSTMReg(SMALL).eval()
-    with torch.no_grad():
-        for blocks in model.blocks:
-            for block in blocks:
-                block.gates.weight.mul_(30.0)  # displacements of ~1 voxel, so differences show
+    model = lively_model(0)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     rng = np.random.default_rng(0)
     moving, fixed = (rng.random((20, 24, 16), dtype=np.float32) for _ in range(2))
@@ -325,12 +319,7 @@ def test_cpu_tuned_torch_backend_matches_the_plain_model():
 def test_bf16_precision_stays_close_to_float32(monkeypatch):
     """bfloat16 autocast of the convolutions: the same fields within a tenth of a voxel here;
     ``auto`` takes it only on CPUs with native bfloat16; bad names are refused."""
-    torch.manual_seed(0)
-    model = DCCNNLSTMReg(SMALL).eval()
-    with torch.no_grad():
-        for blocks in model.blocks:
-            for block in blocks:
-                block.gates.weight.mul_(30.0)
+    model = lively_model(0)
     rng = np.random.default_rng(0)
     moving, fixed = (rng.random((20, 24, 16), dtype=np.float32) for _ in range(2))
     exact = TorchBackend(model, precision="fp32")

@@ -18,6 +18,7 @@
 #include <Python.h>
 #include <math.h>
 #include <stdint.h>
+#include <string.h>
 
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
 #define DCCNN_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
@@ -71,12 +72,45 @@ DCCNN_INLINE void sample_into(const float *src, int D, int H, int W, const int C
     }
 }
 
-/* the C channels at one point, written to out[c * n_out + i] (planar output) */
+/* where sampled values go: value c of output point i at ptr[i * point_stride + c * channel_stride],
+ * float32, or bfloat16 (rounded to nearest even) when bf16 is set: planar (1, n) or channels-last
+ * into a wider buffer (point_stride = its channel count, the CNN-LSTM's convolution input) */
+typedef struct {
+    void *ptr;
+    int64_t point_stride, channel_stride;
+    int bf16;
+} Output;
+
+DCCNN_INLINE uint16_t to_bf16(float f) {
+    uint32_t b;
+    memcpy(&b, &f, sizeof b);
+    b += 0x7FFFu + ((b >> 16) & 1u);
+    return (uint16_t)(b >> 16);
+}
+
+DCCNN_INLINE float from_bf16(uint16_t v) {
+    uint32_t b = (uint32_t)v << 16;
+    float f;
+    memcpy(&f, &b, sizeof f);
+    return f;
+}
+
+DCCNN_INLINE void store(const Output *o, int64_t i, const int C, const float *acc) {
+    if (o->bf16) {
+        uint16_t *p = (uint16_t *)o->ptr + i * o->point_stride;
+        for (int c = 0; c < C; ++c) p[c * o->channel_stride] = to_bf16(acc[c]);
+    } else {
+        float *p = (float *)o->ptr + i * o->point_stride;
+        for (int c = 0; c < C; ++c) p[c * o->channel_stride] = acc[c];
+    }
+}
+
+/* the C channels at one point, stored as output point i */
 DCCNN_INLINE void sample_point(const float *src, int D, int H, int W, const int C, float z, float y,
-                               float x, int zeros, float *out, int64_t n_out, int64_t i) {
+                               float x, int zeros, const Output *out, int64_t i) {
     float acc[64];
     sample_into(src, D, H, W, C, z, y, x, zeros, acc);
-    for (int c = 0; c < C; ++c) out[c * n_out + i] = acc[c];
+    store(out, i, C, acc);
 }
 
 /* d weight / d coordinate of one axis's two corners with zeros padding: -1 and +1 for corners
@@ -124,7 +158,7 @@ DCCNN_INLINE void sample_grad_into(const float *src, int D, int H, int W, const 
  * grid, planar (3, n) in array-axis order (z, y, x), the point being (k + dz, j + dy, i + dx);
  * mode 1 = grid_sample grid, (n, 3) normalised (x, y, z) in [-1, 1] of the source volume */
 DCCNN_INLINE void sample_range(const float *src, int D, int H, int W, const int C, const float *where,
-                               int mode, int oh, int ow, int64_t n, int zeros, float *out,
+                               int mode, int oh, int ow, int64_t n, int zeros, const Output *out,
                                int64_t start, int64_t stop) {
     const float sz = 0.5f * (float)(D - 1), sy = 0.5f * (float)(H - 1), sx = 0.5f * (float)(W - 1);
     if (mode == 0) { /* walk the output grid with counters (no division per point) */
@@ -132,7 +166,7 @@ DCCNN_INLINE void sample_range(const float *src, int D, int H, int W, const int 
         int64_t k = start / plane, j = (start / ow) % oh, l = start % ow;
         for (int64_t i = start; i < stop; ++i) {
             sample_point(src, D, H, W, C, (float)k + where[i], (float)j + where[n + i], (float)l + where[2 * n + i],
-                         zeros, out, n, i);
+                         zeros, out, i);
             if (++l == ow) {
                 l = 0;
                 if (++j == oh) {
@@ -145,28 +179,97 @@ DCCNN_INLINE void sample_range(const float *src, int D, int H, int W, const int 
     }
     for (int64_t i = start; i < stop; ++i) {
         float x = (where[3 * i] + 1.0f) * sx, y = (where[3 * i + 1] + 1.0f) * sy, z = (where[3 * i + 2] + 1.0f) * sz;
-        sample_point(src, D, H, W, C, z, y, x, zeros, out, n, i);
+        sample_point(src, D, H, W, C, z, y, x, zeros, out, i);
     }
 }
 
-/* Exported entry point. Returns 0, or -1 for a channel count it does not serve (1..64). */
+/* Exported entry point: output point i, channel c at out[i * point_stride + c * channel_stride]
+ * (planar: 1, n), float32 or bfloat16 (bf16 = 1). Returns 0, or -1 for a channel count it does
+ * not serve (1..64). */
 DCCNN_CLONES int dccnn_trilinear(const float *src, int D, int H, int W, int C, const float *where, int mode,
-                                 int oh, int ow, int64_t n, int zeros, float *out, int64_t start, int64_t stop) {
+                                 int oh, int ow, int64_t n, int zeros, void *out, int64_t point_stride,
+                                 int64_t channel_stride, int bf16, int64_t start, int64_t stop) {
+    const Output o = {out, point_stride, channel_stride, bf16};
     switch (C) { /* constant channel counts: the channel loops unroll and vectorise */
-    case 1: sample_range(src, D, H, W, 1, where, mode, oh, ow, n, zeros, out, start, stop); return 0;
-    case 3: sample_range(src, D, H, W, 3, where, mode, oh, ow, n, zeros, out, start, stop); return 0;
-    case 8: sample_range(src, D, H, W, 8, where, mode, oh, ow, n, zeros, out, start, stop); return 0;
-    case 12: sample_range(src, D, H, W, 12, where, mode, oh, ow, n, zeros, out, start, stop); return 0;
-    case 16: sample_range(src, D, H, W, 16, where, mode, oh, ow, n, zeros, out, start, stop); return 0;
+    case 1: sample_range(src, D, H, W, 1, where, mode, oh, ow, n, zeros, &o, start, stop); return 0;
+    case 3: sample_range(src, D, H, W, 3, where, mode, oh, ow, n, zeros, &o, start, stop); return 0;
+    case 8: sample_range(src, D, H, W, 8, where, mode, oh, ow, n, zeros, &o, start, stop); return 0;
+    case 12: sample_range(src, D, H, W, 12, where, mode, oh, ow, n, zeros, &o, start, stop); return 0;
+    case 16: sample_range(src, D, H, W, 16, where, mode, oh, ow, n, zeros, &o, start, stop); return 0;
     default:
         if (C < 1 || C > 64) return -1;
-        sample_range(src, D, H, W, C, where, mode, oh, ow, n, zeros, out, start, stop);
+        sample_range(src, D, H, W, C, where, mode, oh, ow, n, zeros, &o, start, stop);
         return 0;
     }
 }
 
+/* tanh as a rational function of x (odd polynomial of degree 13 over an even one of degree 6, the
+ * argument clamped to +-7.9053 where tanh rounds to +-1 in float32): within ~2e-7 of tanhf and
+ * without a library call, so the loops below vectorise */
+DCCNN_INLINE float tanh_rational(float x) {
+    const float limit = 7.90531110763549805f;
+    x = x < -limit ? -limit : (x > limit ? limit : x);
+    const float x2 = x * x;
+    float p = -2.76076847742355e-16f;
+    p = p * x2 + 2.00018790482477e-13f;
+    p = p * x2 + -8.60467152213735e-11f;
+    p = p * x2 + 5.12229709037114e-08f;
+    p = p * x2 + 1.48572235717979e-05f;
+    p = p * x2 + 6.37261928875436e-04f;
+    p = p * x2 + 4.89352455891786e-03f;
+    float q = 1.19825839466702e-06f;
+    q = q * x2 + 1.18534705686654e-04f;
+    q = q * x2 + 2.26843463243900e-03f;
+    q = q * x2 + 4.89352518554385e-03f;
+    return x * p / q;
+}
+
+DCCNN_INLINE float sigmoid_rational(float x) { return 0.5f + 0.5f * tanh_rational(0.5f * x); }
+
+#define LSTM_BLOCK 64
+
+/* One CNN-LSTM update and Euler step (dccnn_deploy/model/cnn_lstm.py, model/dccnn.py) for the
+ * points [start, stop) of n: gates channels-last (n, gates_stride), its first 12 channels f, i, g,
+ * o (3 each; float32, or bfloat16 when gates_bf16); memory c and displacement disp planar (3, n),
+ * homotopy h (n). c' = sigmoid(f) c + sigmoid(i) tanh(g), u = sigmoid(o) tanh(c'),
+ * disp' = disp + dt u / h into c_out and disp_out (planar); disp' also into pack when it is not
+ * NULL (the next step's convolution input, channels-last: point i at pack[i * pack_stride + c]). */
+DCCNN_CLONES int dccnn_lstm_euler(const void *gates, int64_t gates_stride, int gates_bf16, const float *c,
+                                  const float *disp, const float *h, float dt, float *c_out, float *disp_out,
+                                  void *pack, int64_t pack_stride, int pack_bf16, int64_t n, int64_t start,
+                                  int64_t stop) {
+    const Output packed = {pack, pack_stride, 1, pack_bf16};
+    for (int64_t base = start; base < stop; base += LSTM_BLOCK) {
+        const int m = (int)(stop - base < LSTM_BLOCK ? stop - base : LSTM_BLOCK);
+        float g[12][LSTM_BLOCK];
+        for (int p = 0; p < m; ++p) {
+            const int64_t at = (base + p) * gates_stride;
+            for (int k = 0; k < 12; ++k)
+                g[k][p] = gates_bf16 ? from_bf16(((const uint16_t *)gates)[at + k]) : ((const float *)gates)[at + k];
+        }
+        for (int ch = 0; ch < 3; ++ch) {
+            const float *cc = c + ch * n + base, *dd = disp + ch * n + base, *hh = h + base;
+            float *co = c_out + ch * n + base, *dout = disp_out + ch * n + base;
+            for (int p = 0; p < m; ++p) {
+                const float cn = sigmoid_rational(g[ch][p]) * cc[p]
+                               + sigmoid_rational(g[3 + ch][p]) * tanh_rational(g[6 + ch][p]);
+                co[p] = cn;
+                dout[p] = dd[p] + dt * (sigmoid_rational(g[9 + ch][p]) * tanh_rational(cn)) / hh[p];
+            }
+        }
+        if (pack != NULL) {
+            for (int p = 0; p < m; ++p) {
+                const float v[3] = {disp_out[base + p], disp_out[n + base + p], disp_out[2 * n + base + p]};
+                store(&packed, base + p, 3, v);
+            }
+        }
+    }
+    return 0;
+}
+
 /* det(I + grad u) of a voxel-unit displacement u, planar (3, D, H, W), for the z-planes
- * [z0, z1), written to out (D, H, W). Derivatives as dccnn_deploy.ops.jacobian.axis_derivative:
+ * [z0, z1), written to out (D, H, W); with floor > 0, 1 / max(det, floor) instead (the homotopy's
+ * argument, dccnn_deploy/model/homotopy.py). Derivatives as dccnn_deploy.ops.jacobian.axis_derivative:
  * central differences inside, one-sided on the first and last voxel of an axis, 0 along an axis
  * of one voxel. */
 typedef struct {
@@ -180,7 +283,8 @@ DCCNN_INLINE Neighbours axis_neighbours(int64_t i, int64_t n) {
     return nb;
 }
 
-DCCNN_CLONES int dccnn_jacobian_det(const float *u, int D, int H, int W, float *out, int64_t z0, int64_t z1) {
+DCCNN_CLONES int dccnn_jacobian_det(const float *u, int D, int H, int W, float floor, float *out, int64_t z0,
+                                    int64_t z1) {
     const int64_t plane = (int64_t)H * W, n = (int64_t)D * plane;
     for (int64_t z = z0; z < z1; ++z) {
         const Neighbours zn = axis_neighbours(z, D);
@@ -195,9 +299,55 @@ DCCNN_CLONES int dccnn_jacobian_det(const float *u, int D, int H, int W, float *
                     a[c][1] = (f[z * plane + yn.hi * W + x] - f[z * plane + yn.lo * W + x]) * yn.scale + (c == 1);
                     a[c][2] = (f[z * plane + y * W + xn.hi] - f[z * plane + y * W + xn.lo]) * xn.scale + (c == 2);
                 }
-                out[z * plane + y * W + x] = a[0][0] * (a[1][1] * a[2][2] - a[1][2] * a[2][1])
-                                           - a[0][1] * (a[1][0] * a[2][2] - a[1][2] * a[2][0])
-                                           + a[0][2] * (a[1][0] * a[2][1] - a[1][1] * a[2][0]);
+                const float det = a[0][0] * (a[1][1] * a[2][2] - a[1][2] * a[2][1])
+                                - a[0][1] * (a[1][0] * a[2][2] - a[1][2] * a[2][0])
+                                + a[0][2] * (a[1][0] * a[2][1] - a[1][1] * a[2][0]);
+                out[z * plane + y * W + x] = floor > 0.0f ? 1.0f / (det < floor ? floor : det) : det;
+            }
+        }
+    }
+    return 0;
+}
+
+/* One axis of a separable smoothing with replicated borders (dccnn_deploy/ops/smoothing.py):
+ * dst[p] = sum_k taps[k] src[p + (k - radius) e_axis], the index clamped into the volume, for the
+ * volumes of shape (D, H, W) and the outer index range [start, stop): z-planes for axes 1 and 2,
+ * y-rows for axis 0 (so each thread reads and writes its own contiguous part). */
+DCCNN_CLONES int dccnn_smooth_axis(const float *src, float *dst, int D, int H, int W, int axis, const float *taps,
+                                   int radius, int64_t start, int64_t stop) {
+    if (radius < 0 || radius > 15) return -1;
+    const int64_t plane = (int64_t)H * W;
+    const int taps_n = 2 * radius + 1;
+    if (axis == 2) { /* along x: within one row */
+        for (int64_t z = start; z < stop; ++z)
+            for (int64_t y = 0; y < H; ++y) {
+                const float *row = src + z * plane + y * W;
+                float *o = dst + z * plane + y * W;
+                for (int64_t x = 0; x < W; ++x) {
+                    float acc = 0.0f;
+                    for (int k = 0; k < taps_n; ++k) {
+                        int64_t q = x + k - radius;
+                        q = q < 0 ? 0 : (q > W - 1 ? W - 1 : q);
+                        acc += taps[k] * row[q];
+                    }
+                    o[x] = acc;
+                }
+            }
+        return 0;
+    }
+    /* along y (axis 1) or z (axis 0): whole rows at a time, which vectorises */
+    const int64_t count = axis == 1 ? H : D, stride = axis == 1 ? W : plane;
+    for (int64_t outer = start; outer < stop; ++outer) {
+        /* axis 1: outer = z, rows y; axis 0: outer = y, rows z */
+        for (int64_t i = 0; i < count; ++i) {
+            const int64_t base = axis == 1 ? outer * plane : outer * W;
+            float *o = dst + base + i * stride;
+            for (int64_t x = 0; x < W; ++x) o[x] = 0.0f;
+            for (int k = 0; k < taps_n; ++k) {
+                int64_t q = i + k - radius;
+                q = q < 0 ? 0 : (q > count - 1 ? count - 1 : q);
+                const float *row = src + base + q * stride, t = taps[k];
+                for (int64_t x = 0; x < W; ++x) o[x] += t * row[x];
             }
         }
     }

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 
-def _autocast_dtype(device: torch.device) -> torch.dtype | None:
+def autocast_dtype(device: torch.device) -> torch.dtype | None:
     """The dtype autocast runs convolutions in on ``device``, or None when autocast is off."""
     if not torch.is_autocast_enabled(device.type):
         return None
@@ -18,7 +18,7 @@ def _cat_channels(parts: list[torch.Tensor], conv: nn.Module) -> torch.Tensor:
     convolution with channels-last weights (CPU inference: oneDNN then needs no reorder), and in
     autocast's dtype when autocast is on (the convolution would cast the float32 result anyway:
     one write of half the size instead of two)."""
-    cast = _autocast_dtype(parts[0].device)
+    cast = autocast_dtype(parts[0].device)
     if cast is not None:
         parts = [p.to(cast) for p in parts]
     weight = getattr(conv, "weight", None)  # None: a wrapper, e.g. the fp16 export's

@@ -16,9 +16,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from dccnn_deploy.config import ModelConfig
-from dccnn_deploy.model.cnn_lstm import CNNLSTMBlock
+from dccnn_deploy.model.cnn_lstm import CNNLSTMBlock, autocast_dtype
 from dccnn_deploy.model.homotopy import homotopy
 from dccnn_deploy.model.unet import FeaturePyramidUNet
+from dccnn_deploy.ops import native
 from dccnn_deploy.ops.resize import upsample_features, upsample_field
 from dccnn_deploy.ops.warp import displaced_sampler, warp, warp_gridsample
 
@@ -134,19 +135,23 @@ class DCCNNLSTMReg(nn.Module):
         disp = memory = None
         traces: list[ScaleTrace] = []
         for level, feats in enumerate(pyramid):
-            feats = feats.contiguous()  # a channels-last U-Net (CPU inference) hands over NCDHW
             # forward rows see F_Y, inverse rows F_X; the forward path alone: F_X warped, F_Y beside it
             feats, others = (feats, swap_halves(feats)) if inverse else (feats[:b], feats[b:])
-            if self._sampler_name != "gather":
-                feats = feats.float()  # grid_sample samples in float32: cast once, not every step
             if disp is None:
-                disp = feats.new_zeros((rows, 3, *feats.shape[2:]))
+                field_dtype = feats.dtype if self._sampler_name == "gather" else torch.float32  # fp16 export: fp16
+                disp = feats.new_zeros((rows, 3, *feats.shape[2:]), dtype=field_dtype)
                 memory = torch.zeros_like(disp)
                 h = torch.ones_like(disp[:, :1])  # h(., 0) = 1
             else:
                 disp = upsample_field(disp)
                 memory = upsample_features(memory)
                 h = self._h(disp)
+            if not trace and self._fuses_steps(feats):
+                disp, memory = self._fused_scale(self.blocks[level], feats, others, disp, memory, h, dt)
+                continue
+            feats, others = feats.contiguous(), others.contiguous()  # a channels-last U-Net (CPU inference) hands over NCDHW
+            if self._sampler_name != "gather":
+                feats = feats.float()  # grid_sample samples in float32: cast once, not every step
             scale = ScaleTrace(fields=disp, homotopies=[h]) if trace else None
             warp_feats = self._feature_warp(feats)
             for n, block in enumerate(self.blocks[level]):
@@ -165,6 +170,34 @@ class DCCNNLSTMReg(nn.Module):
 
         disp = disp[:, :, : size[0], : size[1], : size[2]]
         return RegistrationOutput(forward=disp[:b], inverse=disp[b:] if inverse else None, scales=traces)
+
+    def _fuses_steps(self, feats: torch.Tensor) -> bool:
+        """Whether the steps of a scale run fused (:meth:`_fused_scale`): CPU inference with the
+        compiled kernels (no gradient, no graph being recorded) and a sampling of the features."""
+        return self._sampler_name != "gather" and native.serves(feats)
+
+    def _fused_scale(self, blocks: nn.ModuleList, feats: torch.Tensor, others: torch.Tensor, disp: torch.Tensor,
+                     memory: torch.Tensor, h: torch.Tensor, dt: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """The N steps of one scale as the loop of :meth:`forward` computes them, with the compiled
+        kernels: the gate convolution's input ``[F_X o phi, F_Y, phi - id]`` lives in one
+        channels-last buffer (in the convolution's dtype) that the feature warp and the Euler step
+        write into, F_Y copied once for the N steps; the LSTM update and the Euler step run as one
+        pass (:func:`~dccnn_deploy.ops.native.lstm_euler`). Returns the displacement and memory."""
+        c = feats.shape[1]
+        dtype = autocast_dtype(feats.device) or blocks[0].gates.weight.dtype
+        buffer = torch.empty((disp.shape[0], 2 * c + 3, *disp.shape[2:]), dtype=dtype,
+                             memory_format=torch.channels_last_3d)
+        buffer[:, c: 2 * c].copy_(others)
+        buffer[:, 2 * c:].copy_(disp)
+        source = native.NativeSource(feats, "border")
+        for n, block in enumerate(blocks):
+            source.displaced_into(disp, buffer, 0)  # pre-aligned F_X o phi
+            gates = block.gates(buffer).contiguous(memory_format=torch.channels_last_3d)
+            last = n == len(blocks) - 1
+            disp, memory = native.lstm_euler(gates, memory, disp, h, dt, None if last else (buffer, 2 * c))
+            if not last:
+                h = self._h(disp)
+        return disp, memory
 
     def parameter_count(self) -> int:
         return sum(p.numel() for p in self.parameters())

@@ -54,15 +54,19 @@ def _library():
                 lib = ctypes.CDLL(str(path))
                 trilinear, jacobian, newton = lib.dccnn_trilinear, lib.dccnn_jacobian_det, lib.dccnn_newton_inverse
                 preimage, trilinear_grad = lib.dccnn_preimage, lib.dccnn_trilinear_grad
+                lstm, smooth = lib.dccnn_lstm_euler, lib.dccnn_smooth_axis
             except (OSError, AttributeError):
                 return None
             p, i, n, f = ctypes.c_void_p, ctypes.c_int, ctypes.c_int64, ctypes.c_float
-            trilinear.argtypes = [p, i, i, i, i, p, i, i, i, n, i, p, n, n]
-            jacobian.argtypes = [p, i, i, i, p, n, n]
+            trilinear.argtypes = [p, i, i, i, i, p, i, i, i, n, i, p, n, n, i, n, n]
+            jacobian.argtypes = [p, i, i, i, f, p, n, n]
+            smooth.argtypes = [p, p, i, i, i, i, p, i, n, n]
             newton.argtypes = [p, i, i, i, p, p, f, f, n, n]
             preimage.argtypes = [p, i, i, i, p, p, i, i, i, p, f, p, n, n, n, n]
             trilinear_grad.argtypes = [p, i, i, i, i, p, i, i, n, p, p, n, n]
-            trilinear.restype = jacobian.restype = preimage.restype = trilinear_grad.restype = ctypes.c_int
+            lstm.argtypes = [p, n, i, p, p, p, f, p, p, p, n, i, n, n, n]
+            for fn in (trilinear, jacobian, preimage, trilinear_grad, lstm, smooth):
+                fn.restype = ctypes.c_int
             newton.restype = ctypes.c_double
             return lib
     return None
@@ -126,13 +130,25 @@ class NativeSource:
         self.zeros = int(padding == "zeros")
         self.data = volume.detach().float().permute(0, 2, 3, 4, 1).contiguous()  # (B, D, H, W, C)
 
-    def _run(self, b: int, where: torch.Tensor, mode: int, out_shape: tuple[int, ...]) -> torch.Tensor:
+    def _run(self, b: int, where: torch.Tensor, mode: int, out_shape: tuple[int, ...],
+             into: tuple[torch.Tensor, int] | None = None) -> torch.Tensor:
+        """Sample volume ``b`` at ``where``: a new planar ``(C, *out_shape)`` float32 tensor, or
+        written channels-last into ``into = (buffer, channel)``: ``buffer`` one channels-last
+        ``(C_buffer, *out_shape)`` volume (float32 or bfloat16), channels ``channel ..
+        channel + C - 1`` of it."""
         kernel = _library().dccnn_trilinear
         _, c, d, h, w = self.shape
         n = math.prod(out_shape)
-        out = torch.empty((c, *out_shape), dtype=torch.float32)
+        if into is None:
+            out = torch.empty((c, *out_shape), dtype=torch.float32)
+            target, point_stride, channel_stride, bf16 = out.data_ptr(), 1, n, 0
+        else:
+            out, channel = into
+            target = out.data_ptr() + channel * out.element_size()
+            point_stride, channel_stride, bf16 = out.shape[0], 1, int(out.dtype == torch.bfloat16)
         oh, ow = (out_shape[1], out_shape[2]) if mode == _DISPLACEMENT else (0, 0)
-        args = (self.data[b].data_ptr(), d, h, w, c, where.data_ptr(), mode, oh, ow, n, self.zeros, out.data_ptr())
+        args = (self.data[b].data_ptr(), d, h, w, c, where.data_ptr(), mode, oh, ow, n, self.zeros, target,
+                point_stride, channel_stride, bf16)
         status = _split(lambda start, stop: kernel(*args, start, stop), n, n)
         if any(status):
             raise RuntimeError(f"native sampler refused {c} channels")
@@ -146,6 +162,19 @@ class NativeSource:
             raise ValueError(f"displacement {tuple(disp.shape)} does not match the volume {self.shape}")
         disp = disp.detach().float().contiguous()
         return _batch([self._run(b, disp[b], _DISPLACEMENT, tuple(disp.shape[2:])) for b in range(self.shape[0])])
+
+    def displaced_into(self, disp: torch.Tensor, buffer: torch.Tensor, channel: int) -> None:
+        """:meth:`displaced`, written into channels ``channel .. channel + C - 1`` of ``buffer``
+        ``(B, C_buffer, *S_out)``, channels-last, float32 or bfloat16 (rounded to nearest even, as
+        ``Tensor.to``): a convolution's input assembled without a concatenation."""
+        if (disp.dim() != 5 or disp.shape[:2] != (self.shape[0], 3) or buffer.shape[0] != self.shape[0]
+                or buffer.shape[2:] != disp.shape[2:] or not 0 <= channel <= buffer.shape[1] - self.shape[1]
+                or buffer.dtype not in (torch.float32, torch.bfloat16) or not _channels_last(buffer)):
+            raise ValueError(f"displaced_into: volume {self.shape}, displacement {tuple(disp.shape)}, buffer "
+                             f"{tuple(buffer.shape)} {buffer.dtype} at channel {channel}")
+        disp = disp.detach().float().contiguous()
+        for b in range(self.shape[0]):
+            self._run(b, disp[b], _DISPLACEMENT, tuple(disp.shape[2:]), (buffer[b], channel))
 
     def displaced_with_slopes(self, disp: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """:meth:`displaced` (zeros padding, at most :data:`MAX_SLOPE_CHANNELS` channels) and the
@@ -198,18 +227,75 @@ def displaced_differentiable(volume: torch.Tensor, disp: torch.Tensor) -> torch.
     return _DisplacedSample.apply(disp, NativeSource(volume, "zeros"))
 
 
-def jacobian_determinant(displacement: torch.Tensor) -> torch.Tensor:
+def _channels_last(t: torch.Tensor) -> bool:
+    """``(B, C, D, H, W)`` stored as ``(B, D, H, W, C)`` with no gaps."""
+    return t.dim() == 5 and t.permute(0, 2, 3, 4, 1).is_contiguous()
+
+
+def lstm_euler(gates: torch.Tensor, memory: torch.Tensor, disp: torch.Tensor, h: torch.Tensor, dt: float,
+               pack: tuple[torch.Tensor, int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The CNN-LSTM update and Euler step of one cascade step in one pass
+    (:meth:`~dccnn_deploy.model.cnn_lstm.CNNLSTMBlock.step`): ``gates`` ``(B, 12, D, H, W)``
+    channels-last (float32 or bfloat16) as the gate convolution gives them, ``memory`` and ``disp``
+    ``(B, 3, D, H, W)``, ``h`` ``(B, 1, D, H, W)`` float32. Returns ``(disp', memory')`` with
+    ``memory' = sigmoid(f) memory + sigmoid(i) tanh(g)``, ``disp' = disp + dt sigmoid(o)
+    tanh(memory') / h``; ``pack = (buffer, channel)`` also writes ``disp'`` into channels
+    ``channel .. channel + 2`` of a channels-last ``buffer`` (the next step's convolution input)."""
+    b, k = gates.shape[:2]
+    if (k != 12 or gates.dtype not in (torch.float32, torch.bfloat16) or not _channels_last(gates)
+            or memory.shape != disp.shape or disp.shape != (b, 3, *gates.shape[2:])
+            or h.shape != (b, 1, *gates.shape[2:])):
+        raise ValueError(f"lstm_euler: gates {tuple(gates.shape)} {gates.dtype}, memory {tuple(memory.shape)}, "
+                         f"displacement {tuple(disp.shape)}, h {tuple(h.shape)}")
+    lib = _library()
+    memory, disp, h = (t.detach().float().contiguous() for t in (memory, disp, h))
+    memory_out, disp_out = torch.empty_like(memory), torch.empty_like(disp)
+    n = math.prod(gates.shape[2:])
+    for r in range(b):
+        target, stride, bf16 = None, 0, 0
+        if pack is not None:
+            buffer, channel = pack
+            target = buffer[r].data_ptr() + channel * buffer.element_size()
+            stride, bf16 = buffer.shape[1], int(buffer.dtype == torch.bfloat16)
+        args = (gates[r].data_ptr(), 12, int(gates.dtype == torch.bfloat16), memory[r].data_ptr(), disp[r].data_ptr(),
+                h[r].data_ptr(), dt, memory_out[r].data_ptr(), disp_out[r].data_ptr(), target, stride, bf16, n)
+        _split(lambda start, stop: lib.dccnn_lstm_euler(*args, start, stop), n, n)
+    return disp_out, memory_out
+
+
+def jacobian_determinant(displacement: torch.Tensor, floor: float = 0.0) -> torch.Tensor:
     """det(I + grad u) of a voxel-unit displacement ``(B, 3, D, H, W)`` -> ``(B, 1, D, H, W)``
     float32, with the finite differences of :func:`dccnn_deploy.ops.jacobian.jacobian_determinant`
-    (which calls this where :func:`serves` the field)."""
+    (which calls this where :func:`serves` the field); ``floor > 0``: ``1 / max(det, floor)``
+    instead, in the same pass (the homotopy's argument)."""
     lib = _library()
     b, _, d, h, w = displacement.shape
     disp = displacement.detach().float().contiguous()
     out = torch.empty((b, 1, d, h, w), dtype=torch.float32)
     for k in range(b):
         src, dst = disp[k].data_ptr(), out[k].data_ptr()
-        _split(lambda z0, z1: lib.dccnn_jacobian_det(src, d, h, w, dst, z0, z1), d, d * h * w)
+        _split(lambda z0, z1: lib.dccnn_jacobian_det(src, d, h, w, floor, dst, z0, z1), d, d * h * w)
     return out
+
+
+def smooth(volume: torch.Tensor, taps: list[float]) -> torch.Tensor:
+    """:func:`dccnn_deploy.ops.smoothing.gaussian_smooth` of a float32 ``(B, C, D, H, W)`` volume:
+    the 1-D ``taps`` (odd count, at most 31) along each axis in turn, borders replicated."""
+    lib = _library()
+    radius = len(taps) // 2
+    if len(taps) % 2 != 1 or radius > 15 or volume.dim() != 5:
+        raise ValueError(f"smooth: {len(taps)} taps (odd, at most 31), volume {tuple(volume.shape)}")
+    kernel = (ctypes.c_float * len(taps))(*taps)
+    b, c, d, h, w = volume.shape
+    source = volume.detach().float().contiguous()  # may be the caller's tensor: only read
+    first, second = torch.empty_like(source), torch.empty_like(source)
+    for axis, (src_t, dst_t) in enumerate(((source, first), (first, second), (second, first))):
+        outer = h if axis == 0 else d  # each thread its own y-rows (along z) or z-planes
+        for v in range(b * c):
+            src, dst = src_t.view(-1, d, h, w)[v].data_ptr(), dst_t.view(-1, d, h, w)[v].data_ptr()
+            _split(lambda s0, s1: lib.dccnn_smooth_axis(src, dst, d, h, w, axis, kernel, radius, s0, s1),
+                   outer, d * h * w)
+    return first
 
 
 def newton_inverse_step(source: NativeSource, w: torch.Tensor, singular: float, max_step: float
@@ -253,5 +339,5 @@ def preimage_step(inverse: torch.Tensor, planes: tuple[int, int], to_norm, forwa
     return out
 
 
-__all__ = ["available", "serves", "NativeSource", "displaced_differentiable", "jacobian_determinant",
+__all__ = ["available", "serves", "NativeSource", "displaced_differentiable", "jacobian_determinant", "lstm_euler", "smooth",
            "newton_inverse_step", "preimage_step", "MAX_CHANNELS", "MAX_SLOPE_CHANNELS"]

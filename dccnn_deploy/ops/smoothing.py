@@ -7,6 +7,8 @@ import math
 import torch
 import torch.nn.functional as F
 
+from dccnn_deploy.ops import native
+
 
 def gaussian_kernel1d(sigma: float, radius: int | None = None) -> torch.Tensor:
     """Normalised 1-D Gaussian taps, radius ``ceil(2 sigma)`` by default."""
@@ -24,9 +26,13 @@ def gaussian_smooth(volume: torch.Tensor, sigma: float) -> torch.Tensor:
     Each axis is a weighted sum of shifted slices of the padded volume rather than a depthwise
     convolution: on the CPU 2-8x faster (one channel at 1 mm 0.85 -> 0.14 s, a training step's
     homotopy forward and backward 8x), in the volume's own dtype (autocast does not reach it),
-    and the same values within float rounding."""
+    and the same values within float rounding. A float32 volume that needs no gradient is
+    smoothed by the compiled kernel on the CPU (:func:`~dccnn_deploy.ops.native.smooth`, same
+    sums in the same order)."""
     taps = [float(t) for t in gaussian_kernel1d(sigma)]
     r = len(taps) // 2
+    if volume.dtype == torch.float32 and r <= 15 and native.serves(volume):
+        return native.smooth(volume, taps)
     in_place = not (torch.is_grad_enabled() and volume.requires_grad)
     out = volume
     for axis in range(3):
