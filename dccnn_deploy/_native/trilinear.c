@@ -313,9 +313,11 @@ DCCNN_CLONES int dccnn_jacobian_det(const float *u, int D, int H, int W, float f
  * dst[p] = sum_k taps[k] src[p + (k - radius) e_axis], the index clamped into the volume, for the
  * volumes of shape (D, H, W) and the outer index range [start, stop): z-planes for axes 1 and 2,
  * y-rows for axis 0 (so each thread reads and writes its own contiguous part). */
+#define MAX_SMOOTH_RADIUS 15 /* ops/native.py MAX_SMOOTH_RADIUS */
+
 DCCNN_CLONES int dccnn_smooth_axis(const float *src, float *dst, int D, int H, int W, int axis, const float *taps,
                                    int radius, int64_t start, int64_t stop) {
-    if (radius < 0 || radius > 15) return -1;
+    if (radius < 0 || radius > MAX_SMOOTH_RADIUS) return -1;
     const int64_t plane = (int64_t)H * W;
     const int taps_n = 2 * radius + 1;
     if (axis == 2) { /* along x: within one row */

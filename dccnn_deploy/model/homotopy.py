@@ -18,7 +18,8 @@ from dccnn_deploy.ops.smoothing import gaussian_smooth
 def homotopy(displacement: torch.Tensor, sigma: float, floor: float) -> torch.Tensor:
     """h for a voxel-unit displacement ``(B, 3, ...)`` -> ``(B, 1, ...)``, always > 0 (CPU inference:
     the compiled determinant gives ``1 / max(J, floor)`` in one pass)."""
-    if floor > 0 and displacement.dim() == 5 and displacement.dtype == torch.float32 and native.serves(displacement):
-        return gaussian_smooth(native.jacobian_determinant(displacement, floor), sigma)
-    jac = jacobian_determinant(displacement).clamp(min=floor)
-    return gaussian_smooth(1.0 / jac, sigma)
+    if floor > 0 and native.serves_displacement(displacement):
+        reciprocal = native.jacobian_determinant(displacement, floor)
+    else:
+        reciprocal = 1.0 / jacobian_determinant(displacement).clamp(min=floor)
+    return gaussian_smooth(reciprocal, sigma)

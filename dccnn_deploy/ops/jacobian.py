@@ -36,10 +36,10 @@ def jacobian_determinant(displacement: torch.Tensor) -> torch.Tensor:
 
     The determinant is invariant to voxel spacing (diag(s) J diag(s)^-1 has the same det), so
     voxel units give the physical Jacobian determinant for any spacing. On the CPU without
-    gradients the compiled kernel computes the same differences (:mod:`~dccnn_deploy.ops.native`).
+    gradients the compiled kernel computes the same differences for a float32 field (:mod:`~dccnn_deploy.ops.native`).
     """
-    if displacement.dim() == 5 and displacement.shape[1] == 3 and native.serves(displacement):
-        return native.jacobian_determinant(displacement).to(displacement.dtype)
+    if native.serves_displacement(displacement):
+        return native.jacobian_determinant(displacement)
     g = [axis_derivative(displacement, k) for k in range(3)]  # d u / d axis_k (no stacked copy: h runs every step)
     a = [[g[c][:, r] + (1.0 if r == c else 0.0) for c in range(3)] for r in range(3)]
     det = (

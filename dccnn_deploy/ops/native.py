@@ -36,6 +36,8 @@ import torch
 MAX_CHANNELS = 64
 #: channel counts the differentiable sampling serves (``dccnn_trilinear_grad``'s accumulators)
 MAX_SLOPE_CHANNELS = 16
+#: widest Gaussian the compiled smoothing serves (taps each side; ``dccnn_smooth_axis``)
+MAX_SMOOTH_RADIUS = 15
 #: fewest output points worth splitting between threads
 MIN_POINTS_PER_THREAD = 16_384
 _LIBRARY_DIR = Path(__file__).resolve().parent.parent / "_native"
@@ -107,6 +109,13 @@ def serves(volume: torch.Tensor) -> bool:
             and not _recording_graph())
 
 
+def serves_displacement(displacement: torch.Tensor) -> bool:
+    """Whether the compiled determinant serves a displacement ``(B, 3, D, H, W)``: float32 (it
+    computes in float32; other dtypes keep their precision in PyTorch) and :func:`serves`."""
+    return displacement.dim() == 5 and displacement.shape[1] == 3 and displacement.dtype == torch.float32 and serves(
+        displacement)
+
+
 def _recording_graph() -> bool:
     if torch.jit.is_tracing() or torch.compiler.is_compiling():
         return True
@@ -169,7 +178,8 @@ class NativeSource:
         ``Tensor.to``): a convolution's input assembled without a concatenation."""
         if (disp.dim() != 5 or disp.shape[:2] != (self.shape[0], 3) or buffer.shape[0] != self.shape[0]
                 or buffer.shape[2:] != disp.shape[2:] or not 0 <= channel <= buffer.shape[1] - self.shape[1]
-                or buffer.dtype not in (torch.float32, torch.bfloat16) or not _channels_last(buffer)):
+                or buffer.dtype not in (torch.float32, torch.bfloat16)
+                or not buffer.is_contiguous(memory_format=torch.channels_last_3d)):
             raise ValueError(f"displaced_into: volume {self.shape}, displacement {tuple(disp.shape)}, buffer "
                              f"{tuple(buffer.shape)} {buffer.dtype} at channel {channel}")
         disp = disp.detach().float().contiguous()
@@ -227,22 +237,19 @@ def displaced_differentiable(volume: torch.Tensor, disp: torch.Tensor) -> torch.
     return _DisplacedSample.apply(disp, NativeSource(volume, "zeros"))
 
 
-def _channels_last(t: torch.Tensor) -> bool:
-    """``(B, C, D, H, W)`` stored as ``(B, D, H, W, C)`` with no gaps."""
-    return t.dim() == 5 and t.permute(0, 2, 3, 4, 1).is_contiguous()
-
-
 def lstm_euler(gates: torch.Tensor, memory: torch.Tensor, disp: torch.Tensor, h: torch.Tensor, dt: float,
                pack: tuple[torch.Tensor, int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """The CNN-LSTM update and Euler step of one cascade step in one pass
-    (:meth:`~dccnn_deploy.model.cnn_lstm.CNNLSTMBlock.step`): ``gates`` ``(B, 12, D, H, W)``
+    (:class:`~dccnn_deploy.model.cnn_lstm.CNNLSTMBlock` and the Euler step of
+    :meth:`~dccnn_deploy.model.dccnn.DCCNNLSTMReg.forward`): ``gates`` ``(B, 12, D, H, W)``
     channels-last (float32 or bfloat16) as the gate convolution gives them, ``memory`` and ``disp``
     ``(B, 3, D, H, W)``, ``h`` ``(B, 1, D, H, W)`` float32. Returns ``(disp', memory')`` with
     ``memory' = sigmoid(f) memory + sigmoid(i) tanh(g)``, ``disp' = disp + dt sigmoid(o)
     tanh(memory') / h``; ``pack = (buffer, channel)`` also writes ``disp'`` into channels
     ``channel .. channel + 2`` of a channels-last ``buffer`` (the next step's convolution input)."""
     b, k = gates.shape[:2]
-    if (k != 12 or gates.dtype not in (torch.float32, torch.bfloat16) or not _channels_last(gates)
+    if (k != 12 or gates.dtype not in (torch.float32, torch.bfloat16)
+            or not gates.is_contiguous(memory_format=torch.channels_last_3d)
             or memory.shape != disp.shape or disp.shape != (b, 3, *gates.shape[2:])
             or h.shape != (b, 1, *gates.shape[2:])):
         raise ValueError(f"lstm_euler: gates {tuple(gates.shape)} {gates.dtype}, memory {tuple(memory.shape)}, "
@@ -280,11 +287,13 @@ def jacobian_determinant(displacement: torch.Tensor, floor: float = 0.0) -> torc
 
 def smooth(volume: torch.Tensor, taps: list[float]) -> torch.Tensor:
     """:func:`dccnn_deploy.ops.smoothing.gaussian_smooth` of a float32 ``(B, C, D, H, W)`` volume:
-    the 1-D ``taps`` (odd count, at most 31) along each axis in turn, borders replicated."""
+    the 1-D ``taps`` (odd count, at most ``2 MAX_SMOOTH_RADIUS + 1``) along each axis in turn,
+    borders replicated."""
     lib = _library()
     radius = len(taps) // 2
-    if len(taps) % 2 != 1 or radius > 15 or volume.dim() != 5:
-        raise ValueError(f"smooth: {len(taps)} taps (odd, at most 31), volume {tuple(volume.shape)}")
+    if len(taps) % 2 != 1 or radius > MAX_SMOOTH_RADIUS or volume.dim() != 5:
+        raise ValueError(f"smooth: {len(taps)} taps (odd, at most {2 * MAX_SMOOTH_RADIUS + 1}), "
+                         f"volume {tuple(volume.shape)}")
     kernel = (ctypes.c_float * len(taps))(*taps)
     b, c, d, h, w = volume.shape
     source = volume.detach().float().contiguous()  # may be the caller's tensor: only read
@@ -340,4 +349,5 @@ def preimage_step(inverse: torch.Tensor, planes: tuple[int, int], to_norm, forwa
 
 
 __all__ = ["available", "serves", "NativeSource", "displaced_differentiable", "jacobian_determinant", "lstm_euler", "smooth",
+           "serves_displacement", "MAX_SMOOTH_RADIUS",
            "newton_inverse_step", "preimage_step", "MAX_CHANNELS", "MAX_SLOPE_CHANNELS"]

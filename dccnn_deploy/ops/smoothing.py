@@ -31,7 +31,7 @@ def gaussian_smooth(volume: torch.Tensor, sigma: float) -> torch.Tensor:
     sums in the same order)."""
     taps = [float(t) for t in gaussian_kernel1d(sigma)]
     r = len(taps) // 2
-    if volume.dtype == torch.float32 and r <= 15 and native.serves(volume):
+    if volume.dtype == torch.float32 and r <= native.MAX_SMOOTH_RADIUS and native.serves(volume):
         return native.smooth(volume, taps)
     in_place = not (torch.is_grad_enabled() and volume.requires_grad)
     out = volume

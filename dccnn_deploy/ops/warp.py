@@ -215,13 +215,11 @@ def displaced_sampler(volume: torch.Tensor, padding: Padding = "zeros") -> Calla
     each scale's features N times. Through the compiled kernel where it is built
     (:mod:`~dccnn_deploy.ops.native`), else :class:`_MosaicSource` where it pays (tiled once, voxel
     coordinates straight from the displacement: no normalised grid), else ``warp_gridsample``."""
-    def fallback(disp: torch.Tensor) -> bool:
-        return disp.shape[2:] != volume.shape[2:] or _needs_grad(disp)
-
     if native.serves(volume):
         compiled = native.NativeSource(volume, padding)  # copied channels-last once, read N times
         return lambda disp: (warp_gridsample(volume, disp, padding=padding) if _needs_grad(disp)
                              else compiled.displaced(disp))
+
     if not _mosaic_pays(volume, padding):
         return lambda disp: warp_gridsample(volume, disp, padding=padding)
     source = _MosaicSource(volume, padding)
@@ -229,7 +227,7 @@ def displaced_sampler(volume: torch.Tensor, padding: Padding = "zeros") -> Calla
             for j, n in enumerate(volume.shape[2:])]
 
     def sample(disp: torch.Tensor) -> torch.Tensor:
-        if fallback(disp):
+        if disp.shape[2:] != volume.shape[2:] or _needs_grad(disp):
             return warp_gridsample(volume, disp, padding=padding)
         disp = disp.float()
         z, y, x = (disp[:, k] + axes[k] for k in range(3))
