@@ -125,6 +125,20 @@ def test_volume_round_trip(tmp_path, name):
     assert vol.path == str(tmp_path / name)
 
 
+@pytest.mark.parametrize("name", ["s.nii", "s.nii.gz"])
+@pytest.mark.parametrize("stored", [np.int16, np.uint8, np.float64])
+def test_scaled_image_reads_as_nibabel_scales_it(tmp_path, name, stored):
+    """Scaled in float32 by read_array: within one float32 rounding of nibabel's float64 scaling."""
+    raw = np.random.default_rng(1).integers(0, 250, size=FIXED_SHAPE).astype(stored)
+    img = nib.Nifti1Image(raw, FIXED_AFFINE)
+    img.header.set_slope_inter(0.0014885, 48.776)
+    nib.save(img, tmp_path / name)
+    expected = np.asarray(nib.load(tmp_path / name).dataobj)  # float64
+    vol = load_volume(tmp_path / name)
+    assert vol.data.dtype == np.float32
+    np.testing.assert_allclose(vol.data, expected, rtol=3e-7, atol=0)
+
+
 @pytest.mark.parametrize("name", ["l.nii.gz", "l.mgz"])
 @pytest.mark.parametrize("top, on_disk", [(300, np.int16), (70000, np.int32)])
 def test_labels_round_trip(tmp_path, name, top, on_disk):

@@ -95,7 +95,8 @@ def load_volume(path: str | os.PathLike, kind: Kind = "image") -> Volume:
     img = open_image(path)
     shape = spatial_shape(tuple(img.shape), path)
     affine = check_affine(img.affine, path)
-    return as_volume(read_array(img, path).reshape(shape), affine, path, kind)
+    data = read_array(img, path, np.float32 if kind == "image" else None)
+    return as_volume(data.reshape(shape), affine, path, kind)
 
 
 def as_volume(data: np.ndarray, affine: np.ndarray, path: str | os.PathLike, kind: Kind = "image") -> Volume:

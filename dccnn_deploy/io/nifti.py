@@ -103,10 +103,28 @@ def check_pixdim(path: Path, header_class: type) -> None:
         raise InputError.at(path, f"voxel size (pixdim) {pixdim.tolist()} in the header is zero or not finite")
 
 
-def read_array(img: nib.spatialimages.SpatialImage, path: str | os.PathLike) -> np.ndarray:
-    """Read the whole (scaled) data array now, so truncated/corrupt files fail here."""
+def read_array(
+    img: nib.spatialimages.SpatialImage, path: str | os.PathLike, dtype: np.dtype | type | None = None
+) -> np.ndarray:
+    """Read the whole (scaled) data array now, so truncated/corrupt files fail here.
+
+    ``dtype`` (a float type): the stored numbers are scaled by the header's slope and intercept in
+    that type. nibabel scales in float64, which for a scaled int16 1 mm image costs ~0.2-0.5 s of
+    fresh memory (8 bytes a voxel) that is cast straight back to float32.
+    """
     try:
-        return np.asarray(img.dataobj)
+        proxy = img.dataobj
+        if dtype is not None and nib.is_proxy(proxy) and hasattr(proxy, "get_unscaled"):
+            raw = np.asarray(proxy.get_unscaled())
+            if np.issubdtype(raw.dtype, np.integer) or np.issubdtype(raw.dtype, np.floating):
+                data = raw.astype(dtype)
+                slope, inter = float(proxy.slope), float(proxy.inter)
+                if slope != 1.0:
+                    data *= data.dtype.type(slope)
+                if inter != 0.0:
+                    data += data.dtype.type(inter)
+                return data
+        return np.asarray(proxy)
     except Exception as exc:
         raise InputError.at(path, f"cannot read image data, file truncated or corrupt ({exc})") from exc
 

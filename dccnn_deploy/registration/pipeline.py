@@ -257,8 +257,7 @@ def run(moving: ImageLike, fixed: ImageLike, opts: RegisterOptions | None = None
     inputs = input_record(*map(_source_file, (moving, fixed, opts.moving_labels, opts.fixed_labels)))  # before reading
 
     say("loading images")
-    moving_v = stages.run("load", to_volume, moving, "image", "moving")
-    fixed_v = to_volume(fixed, "image", "fixed")
+    moving_v, fixed_v = stages.run("load", lambda: (to_volume(moving, "image", "moving"), to_volume(fixed, "image", "fixed")))
     labels = _labels(opts, moving_v, fixed_v)
     if opts.model is not None:
         say("loading the model")
