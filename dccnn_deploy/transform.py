@@ -218,11 +218,19 @@ def apply_matrix(matrix: np.ndarray, points: torch.Tensor) -> torch.Tensor:
     return out + m[:3, 3].view(1, 3, *([1] * (points.dim() - 2)))
 
 
-def world_displacement(points: torch.Tensor, target: Grid) -> np.ndarray:
-    """RAS mm displacement ``(D, H, W, 3)`` of mapped ``points`` from the target voxels' positions.
+def world_displacement(points: torch.Tensor, target: Grid, lps: bool = False) -> np.ndarray:
+    """RAS mm displacement ``(D, H, W, 3)`` of mapped ``points`` from the target voxels' positions;
+    ``lps``: in LPS (x and y negated, ITK's convention) in the same pass.
 
-    Float32, Fortran-ordered (the NIfTI layout of an ITK field)."""
-    disp = _file_order(points).float() - _affine_volume(target.affine, target.shape)
+    Float32, Fortran-ordered (the NIfTI layout of an ITK field). Computed :data:`SLAB` planes at a
+    time (cache-sized temporaries)."""
+    pts = _file_order(points).float()
+    disp = torch.empty(pts.shape, dtype=torch.float32)
+    for a, b in _slabs(pts.shape[1]):
+        at = _affine_volume(target.affine, target.shape, planes=(a, b))
+        for c in range(3):
+            first, second = (at[c], pts[c, a:b]) if lps and c < 2 else (pts[c, a:b], at[c])
+            torch.sub(first, second, out=disp[c, a:b])
     return disp.permute(3, 2, 1, 0).numpy()
 
 

@@ -118,6 +118,8 @@ def test_maps_match_float64_reference(forward):
     disp = world_displacement(pts, target)
     assert disp.shape == (*target.shape, 3) and disp.dtype == np.float32 and disp.flags.f_contiguous
     assert np.abs(disp - (ref - grid_points(target))).max() < 1e-4
+    lps = world_displacement(pts, target, lps=True)  # ITK's sign convention in the same pass
+    assert lps.flags.f_contiguous and np.array_equal(lps, disp * np.array([-1, -1, 1], np.float32))
 
     # trilinear, zeros outside (per corner, as grid_sample): SciPy's grid-constant mode
     data = rng.random(source.shape).astype(np.float32)

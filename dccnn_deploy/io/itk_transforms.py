@@ -93,10 +93,12 @@ def _checked_field(disp_ras_mm: np.ndarray) -> np.ndarray:
     return disp
 
 
-def itk_displacement_image(disp_ras_mm: np.ndarray, affine: np.ndarray) -> nib.Nifti1Image:
-    """The NIfTI image :func:`save_itk_displacement` writes, in memory (X x Y x Z x 1 x 3, LPS)."""
-    disp = _checked_field(disp_ras_mm)
-    img = nifti_image(_flip_ras_lps(disp)[:, :, :, None, :], affine)
+def itk_displacement_image(disp_mm: np.ndarray, affine: np.ndarray, lps: bool = False) -> nib.Nifti1Image:
+    """The NIfTI image :func:`save_itk_displacement` writes, in memory (X x Y x Z x 1 x 3, LPS).
+
+    ``disp_mm`` ``(D, H, W, 3)``: RAS mm, or already LPS with ``lps`` (kept as it is: no copy)."""
+    disp = _checked_field(disp_mm)
+    img = nifti_image((disp if lps else _flip_ras_lps(disp))[:, :, :, None, :], affine)
     img.header.set_intent("vector")
     return img
 

@@ -87,12 +87,12 @@ class RegistrationResult:
     @cached_property
     def fwd_warp(self) -> nib.Nifti1Image:
         """Forward displacement field on the fixed grid, affine included (ITK/ANTs: LPS mm, X×Y×Z×1×3)."""
-        return itk_displacement_image(world_displacement(self._fwd_points, self.fixed_grid), self.fixed.affine)
+        return itk_displacement_image(world_displacement(self._fwd_points, self.fixed_grid, lps=True), self.fixed.affine, lps=True)
 
     @cached_property
     def inv_warp(self) -> nib.Nifti1Image:
         """Inverse displacement field on the moving grid, affine included (ITK/ANTs convention)."""
-        return itk_displacement_image(world_displacement(self._inv_points, self.moving_grid), self.moving.affine)
+        return itk_displacement_image(world_displacement(self._inv_points, self.moving_grid, lps=True), self.moving.affine, lps=True)
 
     @cached_property
     def jacobian(self) -> nib.Nifti1Image:
