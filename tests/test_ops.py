@@ -308,3 +308,51 @@ def test_compiled_smoothing_and_homotopy_match_pytorch(shape, monkeypatch):
         assert g.shape == w.shape and (g - w).abs().max() < 1e-5 * w.abs().max().clamp(min=1.0)
     with pytest.raises(ValueError, match="smooth"):
         native.smooth(volume, [0.5, 0.5])
+
+
+@pytest.mark.parametrize("layout, dtype, channels", [
+    ("planar", torch.float32, 3), ("planar", torch.float32, 5), ("channels_last", torch.float32, 16),
+    ("channels_last", torch.bfloat16, 16), ("channels_last", torch.bfloat16, 7), ("channels_last", torch.bfloat16, 64),
+])
+def test_compiled_upsampling_matches_interpolate(layout, dtype, channels):
+    """x2 trilinear upsampling (``upsample_features``, ``upsample_field``, the U-Net decoder's
+    ``upsample_concat``) on the compiled path gives ``F.interpolate``'s values (float32 within
+    rounding, bfloat16 within one unit of its last place), in the input's layout and dtype, odd
+    sizes and a batch of two included."""
+    from dccnn_deploy.ops import native
+    from dccnn_deploy.ops.resize import upsample_concat, upsample_features
+
+    if not native.available():
+        pytest.skip("the compiled sampler is not built")
+    torch.manual_seed(7)
+    volume = torch.randn(2, channels, 5, 3, 6).to(dtype)
+    if layout == "channels_last":
+        volume = volume.contiguous(memory_format=torch.channels_last_3d)
+    want = F.interpolate(volume.float(), scale_factor=2.0, mode="trilinear", align_corners=False)
+    tolerance = 1e-6 if dtype == torch.float32 else 2.0 ** -7 * want.abs().max()
+    with torch.no_grad():
+        assert native.upsamples(volume)
+        got, field = upsample_features(volume), upsample_field(volume)
+        skip = torch.randn(2, 4, 10, 6, 12).to(dtype).contiguous(memory_format=torch.channels_last_3d)
+        joined = upsample_concat(volume, skip)
+    assert got.dtype == dtype and got.is_contiguous(memory_format=_memory_format(volume))
+    assert (got.float() - want).abs().max() <= tolerance
+    assert (field.float() - 2.0 * want).abs().max() <= 2.0 * tolerance
+    assert joined.shape == (2, channels + 4, 10, 6, 12) and joined.is_contiguous(memory_format=torch.channels_last_3d)
+    assert torch.equal(joined[:, :channels], got) and torch.equal(joined[:, channels:], skip)
+
+
+def _memory_format(volume: torch.Tensor) -> torch.memory_format:
+    return torch.contiguous_format if volume.is_contiguous() else torch.channels_last_3d
+
+
+def test_upsampling_stays_in_pytorch_where_gradients_flow():
+    """A volume that needs gradients (training) is upsampled by ``F.interpolate``: the kernel is
+    opaque to autograd."""
+    from dccnn_deploy.ops import native
+    from dccnn_deploy.ops.resize import upsample_field
+
+    volume = torch.randn(1, 3, 4, 4, 4, requires_grad=True)
+    assert not native.upsamples(volume)
+    upsample_field(volume).sum().backward()
+    assert volume.grad is not None and torch.allclose(volume.grad, torch.full_like(volume, 16.0))

@@ -491,3 +491,112 @@ DCCNN_CLONES int dccnn_preimage(const float *u, int K, int J, int I, const doubl
 /* an importable module too (setuptools builds a CPython extension); the function is used through ctypes */
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_trilinear", "Trilinear sampling kernel (ctypes).", -1, NULL};
 PyMODINIT_FUNC PyInit__trilinear(void) { return PyModule_Create(&module); }
+
+/* x2 trilinear upsampling as torch.nn.functional.interpolate(scale_factor=2, mode="trilinear",
+ * align_corners=False) (dccnn_deploy/ops/resize.py): output coordinate o reads the source at
+ * max(0, o / 2 - 0.25), i.e. corner (o - 1) / 2 with weight 0.25 (o odd) or 0.75 (o even) on the
+ * next corner, which the last voxel clamps. One axis: */
+DCCNN_INLINE void upsample_axis(int64_t o, int64_t n, int64_t *lo, int64_t *hi, float *w) {
+    const int64_t l = o == 0 ? 0 : (o - 1) / 2;
+    *w = o == 0 ? 0.0f : ((o & 1) ? 0.25f : 0.75f);
+    *lo = l;
+    *hi = l < n - 1 ? l + 1 : l;
+}
+
+DCCNN_INLINE float load_value(const void *src, int bf16, int64_t at) {
+    return bf16 ? from_bf16(((const uint16_t *)src)[at]) : ((const float *)src)[at];
+}
+
+/* the 8 corners (voxel indices) and weights of output point (z, y, x) of the (2D, 2H, 2W) grid */
+DCCNN_INLINE void upsample_corners(int64_t z, int64_t y, int64_t x, int D, int H, int W, int64_t corner[8],
+                                   float weight[8]) {
+    int64_t z0, z1, y0, y1, x0, x1;
+    float wz, wy, wx;
+    upsample_axis(z, D, &z0, &z1, &wz);
+    upsample_axis(y, H, &y0, &y1, &wy);
+    upsample_axis(x, W, &x0, &x1, &wx);
+    const int64_t zs[2] = {z0, z1}, ys[2] = {y0, y1}, xs[2] = {x0, x1};
+    const float fz[2] = {1.0f - wz, wz}, fy[2] = {1.0f - wy, wy}, fx[2] = {1.0f - wx, wx};
+    for (int a = 0; a < 2; ++a)
+        for (int b = 0; b < 2; ++b)
+            for (int e = 0; e < 2; ++e) {
+                corner[4 * a + 2 * b + e] = (zs[a] * H + ys[b]) * W + xs[e];
+                weight[4 * a + 2 * b + e] = fz[a] * fy[b] * fx[e];
+            }
+}
+
+/* output points [start, stop) of the (2D, 2H, 2W) grid, C channels: source value c of voxel p at
+ * src[p * point_stride + c * channel_stride] (float32, or bfloat16 when src_bf16), times scale,
+ * stored through out (same element type as the source); with skip != NULL, skip_channels values of
+ * output point i copied from skip[i * skip_channels] (channels-last) after the C upsampled ones.
+ * Called with literal strides (planar: 1, D H W; channels-last: C, 1), so the channel loops of a
+ * channels-last volume read contiguous memory and vectorise. */
+DCCNN_INLINE void upsample_range(const void *src, int src_bf16, const int64_t point_stride,
+                                 const int64_t channel_stride, int D, int H, int W, const int C, float scale,
+                                 const Output *out, const void *skip, int skip_channels, int64_t start, int64_t stop) {
+    const int64_t oh = 2 * (int64_t)H, ow = 2 * (int64_t)W, oplane = oh * ow;
+    const size_t element = out->bf16 ? sizeof(uint16_t) : sizeof(float);
+    int64_t z = start / oplane, y = (start / ow) % oh, x = start % ow;
+    float acc[64];
+    for (int64_t i = start; i < stop; ++i) {
+        int64_t corner[8];
+        float weight[8];
+        upsample_corners(z, y, x, D, H, W, corner, weight);
+        for (int c = 0; c < C; ++c) acc[c] = 0.0f;
+        for (int k = 0; k < 8; ++k) {
+            const float w = weight[k] * scale;
+            const int64_t at = corner[k] * point_stride;
+            if (src_bf16) {
+                const uint16_t *p = (const uint16_t *)src + at;
+                for (int c = 0; c < C; ++c) acc[c] += w * from_bf16(p[c * channel_stride]);
+            } else {
+                const float *p = (const float *)src + at;
+                for (int c = 0; c < C; ++c) acc[c] += w * p[c * channel_stride];
+            }
+        }
+        if (channel_stride == 1 && out->channel_stride == 1) { /* channels-last into channels-last: contiguous */
+            if (out->bf16) {
+                uint16_t *q = (uint16_t *)out->ptr + i * out->point_stride;
+                for (int c = 0; c < C; ++c) q[c] = to_bf16(acc[c]);
+            } else {
+                float *q = (float *)out->ptr + i * out->point_stride;
+                for (int c = 0; c < C; ++c) q[c] = acc[c];
+            }
+        } else {
+            store(out, i, C, acc);
+        }
+        if (skip != NULL)
+            memcpy((char *)out->ptr + (i * out->point_stride + C) * element,
+                   (const char *)skip + i * skip_channels * element, skip_channels * element);
+        if (++x == ow) {
+            x = 0;
+            if (++y == oh) {
+                y = 0;
+                ++z;
+            }
+        }
+    }
+}
+
+/* Exported entry point (see upsample_range): planar (channels_last = 0) or channels-last source of C
+ * channels; output point i, channel c at out[i * out_point_stride + c * out_channel_stride],
+ * float32 or bfloat16 (src_bf16, both). Returns 0, or -1 for a channel count it does not serve
+ * (1..64). */
+DCCNN_CLONES int dccnn_upsample2x(const void *src, int src_bf16, int channels_last, int D, int H, int W, int C,
+                                  float scale, void *out, int64_t out_point_stride, int64_t out_channel_stride,
+                                  const void *skip, int skip_channels, int64_t start, int64_t stop) {
+    const Output o = {out, out_point_stride, out_channel_stride, src_bf16};
+    const int64_t n = (int64_t)D * H * W;
+    if (C < 1 || C > 64) return -1;
+    switch (channels_last ? C : -C) { /* literal channel counts and strides: the channel loops vectorise */
+#define UP_CL(k) \
+    case k: upsample_range(src, src_bf16, k, 1, D, H, W, k, scale, &o, skip, skip_channels, start, stop); return 0;
+    UP_CL(8) UP_CL(16) UP_CL(32) UP_CL(64)
+#undef UP_CL
+    case -3: upsample_range(src, src_bf16, 1, n, D, H, W, 3, scale, &o, skip, skip_channels, start, stop); return 0;
+    default:
+        upsample_range(src, src_bf16, channels_last ? C : 1, channels_last ? 1 : n, D, H, W, C, scale, &o, skip,
+                       skip_channels, start, stop);
+        return 0;
+    }
+}

@@ -126,17 +126,11 @@ class DCCNNLSTMReg(nn.Module):
         b = moving.shape[0]
         rows = 2 * b if inverse else b
         size = moving.shape[2:]
-        if fixed_features is None:  # dual U-Net, shared weights: one pass over both images
-            pyramid = self.features(torch.cat([moving, fixed], dim=0))
-        else:
-            pyramid = [torch.cat([m, f], dim=0) for m, f in zip(self.features(moving), fixed_features)]
         dt = 1.0 / cfg.steps
 
         disp = memory = None
         traces: list[ScaleTrace] = []
-        for level, feats in enumerate(pyramid):
-            # forward rows see F_Y, inverse rows F_X; the forward path alone: F_X warped, F_Y beside it
-            feats, others = (feats, swap_halves(feats)) if inverse else (feats[:b], feats[b:])
+        for level, (feats, others) in enumerate(self._scale_features(moving, fixed, fixed_features, inverse)):
             if disp is None:
                 field_dtype = feats.dtype if self._sampler_name == "gather" else torch.float32  # fp16 export: fp16
                 disp = feats.new_zeros((rows, 3, *feats.shape[2:]), dtype=field_dtype)
@@ -170,6 +164,18 @@ class DCCNNLSTMReg(nn.Module):
 
         disp = disp[:, :, : size[0], : size[1], : size[2]]
         return RegistrationOutput(forward=disp[:b], inverse=disp[b:] if inverse else None, scales=traces)
+
+    def _scale_features(self, moving: torch.Tensor, fixed: torch.Tensor, fixed_features: list[torch.Tensor] | None,
+                        inverse: bool) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Per scale, coarse -> fine: the features the cascade warps and those beside them. Both
+        paths: ``[F_X; F_Y]`` and ``[F_Y; F_X]`` (forward rows see F_Y, inverse rows F_X); the
+        forward path alone: ``(F_X, F_Y)``."""
+        b = moving.shape[0]
+        if fixed_features is None:  # dual U-Net, shared weights: one pass over both images
+            pyramid = self.features(torch.cat([moving, fixed], dim=0))
+            return [(p, swap_halves(p)) if inverse else (p[:b], p[b:]) for p in pyramid]
+        pairs = zip(self.features(moving), fixed_features)
+        return [(torch.cat([m, f], dim=0), torch.cat([f, m], dim=0)) if inverse else (m, f) for m, f in pairs]
 
     def _fuses_steps(self, feats: torch.Tensor) -> bool:
         """Whether the steps of a scale run fused (:meth:`_fused_scale`): CPU inference with the

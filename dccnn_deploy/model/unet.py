@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from dccnn_deploy.ops.resize import upsample_features
+from dccnn_deploy.ops.resize import upsample_concat
 
 
 class FeaturePyramidUNet(nn.Module):
@@ -47,5 +47,5 @@ class FeaturePyramidUNet(nn.Module):
             skips.append(down(skips[-1]))
         pyramid = [skips.pop()]
         for up in self.up:
-            pyramid.append(up(torch.cat([upsample_features(pyramid[-1]), skips.pop()], dim=1)))
+            pyramid.append(up(upsample_concat(pyramid[-1], skips.pop())))
         return pyramid

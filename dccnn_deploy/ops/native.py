@@ -56,7 +56,7 @@ def _library():
                 lib = ctypes.CDLL(str(path))
                 trilinear, jacobian, newton = lib.dccnn_trilinear, lib.dccnn_jacobian_det, lib.dccnn_newton_inverse
                 preimage, trilinear_grad = lib.dccnn_preimage, lib.dccnn_trilinear_grad
-                lstm, smooth = lib.dccnn_lstm_euler, lib.dccnn_smooth_axis
+                lstm, smooth, upsample = lib.dccnn_lstm_euler, lib.dccnn_smooth_axis, lib.dccnn_upsample2x
             except (OSError, AttributeError):
                 return None
             p, i, n, f = ctypes.c_void_p, ctypes.c_int, ctypes.c_int64, ctypes.c_float
@@ -67,7 +67,8 @@ def _library():
             preimage.argtypes = [p, i, i, i, p, p, i, i, i, p, f, p, n, n, n, n]
             trilinear_grad.argtypes = [p, i, i, i, i, p, i, i, n, p, p, n, n]
             lstm.argtypes = [p, n, i, p, p, p, f, p, p, p, n, i, n, n, n]
-            for fn in (trilinear, jacobian, preimage, trilinear_grad, lstm, smooth):
+            upsample.argtypes = [p, i, i, i, i, i, i, f, p, n, n, p, i, n, n]
+            for fn in (trilinear, jacobian, preimage, trilinear_grad, lstm, smooth, upsample):
                 fn.restype = ctypes.c_int
             newton.restype = ctypes.c_double
             return lib
@@ -305,6 +306,50 @@ def smooth(volume: torch.Tensor, taps: list[float]) -> torch.Tensor:
             _split(lambda s0, s1: lib.dccnn_smooth_axis(src, dst, d, h, w, axis, kernel, radius, s0, s1),
                    outer, d * h * w)
     return first
+
+
+def upsamples(volume: torch.Tensor, skip: torch.Tensor | None = None) -> bool:
+    """Whether :func:`upsample2x` serves ``volume`` (and ``skip``): :func:`serves`, float32 or
+    bfloat16, contiguous or channels-last; ``skip`` channels-last, of the volume's dtype and batch,
+    on the doubled grid."""
+    if not (volume.dim() == 5 and volume.dtype in (torch.float32, torch.bfloat16) and serves(volume)
+            and (volume.is_contiguous() or volume.is_contiguous(memory_format=torch.channels_last_3d))):
+        return False
+    return skip is None or (
+        skip.dim() == 5 and skip.dtype == volume.dtype and skip.shape[0] == volume.shape[0]
+        and tuple(skip.shape[2:]) == tuple(2 * n for n in volume.shape[2:]) and skip.device.type == "cpu"
+        and skip.is_contiguous(memory_format=torch.channels_last_3d)
+        and not (torch.is_grad_enabled() and skip.requires_grad))
+
+
+def upsample2x(volume: torch.Tensor, scale: float = 1.0, skip: torch.Tensor | None = None) -> torch.Tensor:
+    """x2 trilinear upsampling of ``(B, C, D, H, W)`` as :func:`~dccnn_deploy.ops.resize.upsample_features`
+    computes it (``F.interpolate(scale_factor=2, mode="trilinear", align_corners=False)``), times
+    ``scale``, in the volume's dtype and layout (see :func:`upsamples`). With ``skip``
+    ``(B, Cs, 2D, 2H, 2W)``: ``torch.cat([upsampled, skip], 1)`` as one channels-last tensor, written
+    in the same pass (the U-Net decoder's convolution input)."""
+    if not upsamples(volume, skip):
+        raise ValueError(f"upsample2x: volume {tuple(volume.shape)} {volume.dtype}"
+                         + ("" if skip is None else f", skip {tuple(skip.shape)} {skip.dtype}"))
+    lib = _library()
+    b, c, d, h, w = volume.shape
+    n = d * h * w
+    planar = volume.is_contiguous()
+    size = (2 * d, 2 * h, 2 * w)
+    if skip is None:
+        layout = torch.contiguous_format if planar else torch.channels_last_3d
+        out = torch.empty((b, c, *size), dtype=volume.dtype, memory_format=layout)
+        (out_point, out_channel), extra = ((1, 8 * n) if planar else (c, 1)), 0
+    else:
+        extra = skip.shape[1]
+        out = torch.empty((b, c + extra, *size), dtype=volume.dtype, memory_format=torch.channels_last_3d)
+        out_point, out_channel = c + extra, 1
+    bf16 = int(volume.dtype == torch.bfloat16)
+    for r in range(b):
+        args = (volume[r].data_ptr(), bf16, int(not planar), d, h, w, c, float(scale), out[r].data_ptr(),
+                out_point, out_channel, None if skip is None else skip[r].data_ptr(), extra)
+        _split(lambda start, stop: lib.dccnn_upsample2x(*args, start, stop), 8 * n, 8 * n)
+    return out
 
 
 def newton_inverse_step(source: NativeSource, w: torch.Tensor, singular: float, max_step: float
