@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import gzip
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -432,3 +433,32 @@ def test_tuned_allocator_serves_large_blocks_from_the_heap():
 
     assert mapped_mib("default") >= 64
     assert mapped_mib("tuned") < 16
+
+
+_SPIN_SETTING = """
+import os, sys
+import dccnn_deploy.cli.app as cli
+cli.app = lambda: print(os.environ.get("GOMP_SPINCOUNT"), "torch" in sys.modules, flush=True)
+sys.argv = ["dccnn", sys.argv[1]]
+cli.main()
+"""
+
+
+@pytest.mark.parametrize("command, preset, expected", [
+    ("register", None, "10000 False"),  # set before torch (and its OpenMP runtime) is loaded
+    ("register", "123", "123 False"),  # the user's own setting is kept
+    ("train", None, "None False"),  # training keeps OpenMP's default
+])
+def test_registering_commands_shorten_openmp_spinning(command, preset, expected):
+    """``dccnn register`` (and the other registering commands) shorten the idle OpenMP workers'
+    spinning before torch loads, unless the user chose a setting; in-process, once torch is
+    imported, :func:`tune_openmp` changes nothing."""
+    from dccnn_deploy.runtime.openmp import tune_openmp
+
+    env = {k: v for k, v in os.environ.items() if k not in ("GOMP_SPINCOUNT", "OMP_WAIT_POLICY")}
+    if preset is not None:
+        env["GOMP_SPINCOUNT"] = preset
+    out = subprocess.run([sys.executable, "-c", _SPIN_SETTING, command], capture_output=True, text=True, env=env)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split("\n")[0] == expected
+    assert tune_openmp() is False  # torch is imported here

@@ -121,8 +121,10 @@ def main() -> None:
         app()
         return
     from dccnn_deploy.runtime.allocator import tune_allocator
+    from dccnn_deploy.runtime.openmp import tune_openmp
 
     tune_allocator()  # before torch allocates anything: freed blocks are reused, not re-faulted
+    tune_openmp()  # before torch loads OpenMP: idle workers leave the cores to the compiled kernels sooner
     try:
         app()
     except SystemExit as done:  # Typer always ends this way; any other exception keeps its traceback
