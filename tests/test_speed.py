@@ -462,3 +462,33 @@ def test_registering_commands_shorten_openmp_spinning(command, preset, expected)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split("\n")[0] == expected
     assert tune_openmp() is False  # torch is imported here
+
+
+def test_unfold_map_smooths_a_folded_written_map_locally():
+    """A 1 mm map that folds in one small place (as trilinear interpolation between model-grid
+    nodes can) is smoothed there until no voxel has det J <= 0; every voxel outside the repaired
+    box keeps its exact position; a map without folds comes back untouched."""
+    from dccnn_deploy.transform import unfold_map
+
+    target = Grid((40, 44, 36), lia_affine((40, 44, 36), 1.0, (3.0, -5.0, 8.0)))
+    index = np.stack(np.meshgrid(*[np.arange(n, dtype=np.float64) for n in target.shape], indexing="ij"))
+    centre = np.array([14.0, 30.0, 20.0]).reshape(3, 1, 1, 1)
+    bump = np.exp(-((index - centre) ** 2).sum(axis=0) / (2 * 2.0**2))
+    displaced = index.copy()
+    displaced[0] -= 1.6 * (index[0] - centre[0]) * bump  # d(x0)/dx0 = 1 - 1.6 at the centre: folded
+    world = np.einsum("ij,j...->i...", target.affine[:3, :3], displaced) + target.affine[:3, 3].reshape(3, 1, 1, 1)
+    points = torch.from_numpy(world.astype(np.float32))[None]
+    before = points.clone()
+    assert (map_jacobian(points, target) <= 0).sum() > 0
+
+    repaired, folded, left = unfold_map(points, target)
+    assert folded > 0 and left == 0
+    assert (map_jacobian(repaired, target) > 0).all()
+    changed = (repaired != before).any(dim=1)[0].nonzero()
+    assert len(changed) and (changed.float() - torch.tensor([14.0, 30.0, 20.0])).abs().max() < 20  # only near the fold
+    assert torch.equal(repaired[0, :, :, :5], before[0, :, :, :5])  # far away: exactly as it was
+
+    calm = torch.from_numpy(np.einsum("ij,j...->i...", target.affine[:3, :3], index).astype(np.float32)
+                            + target.affine[:3, 3].reshape(3, 1, 1, 1).astype(np.float32))[None]
+    same, folded, left = unfold_map(calm.clone(), target)
+    assert folded == left == 0 and torch.equal(same, calm)

@@ -23,7 +23,7 @@ from dccnn_deploy.registration.inputs import ImageLike, to_volume
 from dccnn_deploy.registration.outputs import OUTPUTS, StagedOutputs, output_files, select_outputs, write_outputs
 from dccnn_deploy.registration.prepare import PreparedPair
 from dccnn_deploy.registration.quality import field_metrics, image_metrics, label_metrics
-from dccnn_deploy.transform import Registration, apply_matrix, map_jacobian, sample_at, world_displacement
+from dccnn_deploy.transform import Registration, apply_matrix, map_jacobian, sample_at, unfold_map, world_displacement
 
 
 class RegistrationResult:
@@ -52,6 +52,7 @@ class RegistrationResult:
         self.labels = labels
         self._info = info
         self.seconds = dict(seconds or {})
+        self._written_folds: dict[str, int] | None = None  # set when the written forward map is built
         self.fixed_grid = Grid(fixed.shape, fixed.affine)
         self.moving_grid = Grid(moving.shape, moving.affine)
         if moved_g is not None:  # already warped (``prepared.warped(transform.forward)``): filled into the cache
@@ -60,8 +61,16 @@ class RegistrationResult:
     # ------------------------------------------------------------------ maps, sampled once
     @cached_property
     def _fwd_points(self) -> torch.Tensor:
-        """Moving-world positions of the fixed grid's voxels ``(1, 3, *fixed.shape)``."""
-        return self.transform.forward_points(self.fixed_grid)
+        """Moving-world positions of the fixed grid's voxels ``(1, 3, *fixed.shape)``: the written
+        forward map, where its Jacobian folds anywhere smoothed there (:func:`unfold_map`; the
+        count lands in the report's ``fields``). An orientation-reversing affine (a flip that
+        the affine checks report) is left as it is."""
+        points = self.transform.forward_points(self.fixed_grid)
+        if self.transform.forward is None or np.linalg.det(self.transform.affine[:3, :3]) <= 0:
+            return points
+        points, folded, remaining = unfold_map(points, self.fixed_grid)
+        self._written_folds = {"folded_voxels_repaired": folded - remaining, "folded_voxels_left": remaining}
+        return points
 
     @cached_property
     def _inv_points(self) -> torch.Tensor:
@@ -161,6 +170,8 @@ class RegistrationResult:
             "after": image_metrics(self._moved_g, prepared.fixed_g),
         }
         report["fields"] = field_metrics(self.transform.forward, self.transform.inverse)
+        if self._written_folds is not None:  # the written forward map was built (and checked)
+            report["fields"]["written_forward"] = dict(self._written_folds)
         report["seconds"] = self.seconds
         self._update_rss(report)
         return report
