@@ -268,7 +268,8 @@ DCCNN_CLONES int dccnn_lstm_euler(const void *gates, int64_t gates_stride, int g
 }
 
 /* det(I + grad u) of a voxel-unit displacement u, planar (3, D, H, W), for the z-planes
- * [z0, z1), written to out (D, H, W); with floor > 0, 1 / max(det, floor) instead (the homotopy's
+ * [z0, z1), written to out (D, H, W) (identity = 0: det(grad u), u a map's positions in any
+ * units, dccnn_deploy/transform.py map_jacobian); with floor > 0, 1 / max(det, floor) instead (the homotopy's
  * argument, dccnn_deploy/model/homotopy.py). Derivatives as dccnn_deploy.ops.jacobian.axis_derivative:
  * central differences inside, one-sided on the first and last voxel of an axis, 0 along an axis
  * of one voxel. */
@@ -283,8 +284,9 @@ DCCNN_INLINE Neighbours axis_neighbours(int64_t i, int64_t n) {
     return nb;
 }
 
-DCCNN_CLONES int dccnn_jacobian_det(const float *u, int D, int H, int W, float floor, float *out, int64_t z0,
-                                    int64_t z1) {
+DCCNN_CLONES int dccnn_jacobian_det(const float *u, int D, int H, int W, float floor, int identity, float *out,
+                                    int64_t z0, int64_t z1) {
+    const float one = identity ? 1.0f : 0.0f; /* 0: det(grad u) of a map given as positions */
     const int64_t plane = (int64_t)H * W, n = (int64_t)D * plane;
     for (int64_t z = z0; z < z1; ++z) {
         const Neighbours zn = axis_neighbours(z, D);
@@ -295,9 +297,9 @@ DCCNN_CLONES int dccnn_jacobian_det(const float *u, int D, int H, int W, float f
                 float a[3][3];
                 for (int c = 0; c < 3; ++c) {
                     const float *f = u + c * n;
-                    a[c][0] = (f[zn.hi * plane + y * W + x] - f[zn.lo * plane + y * W + x]) * zn.scale + (c == 0);
-                    a[c][1] = (f[z * plane + yn.hi * W + x] - f[z * plane + yn.lo * W + x]) * yn.scale + (c == 1);
-                    a[c][2] = (f[z * plane + y * W + xn.hi] - f[z * plane + y * W + xn.lo]) * xn.scale + (c == 2);
+                    a[c][0] = (f[zn.hi * plane + y * W + x] - f[zn.lo * plane + y * W + x]) * zn.scale + (c == 0) * one;
+                    a[c][1] = (f[z * plane + yn.hi * W + x] - f[z * plane + yn.lo * W + x]) * yn.scale + (c == 1) * one;
+                    a[c][2] = (f[z * plane + y * W + xn.hi] - f[z * plane + y * W + xn.lo]) * xn.scale + (c == 2) * one;
                 }
                 const float det = a[0][0] * (a[1][1] * a[2][2] - a[1][2] * a[2][1])
                                 - a[0][1] * (a[1][0] * a[2][2] - a[1][2] * a[2][0])

@@ -61,7 +61,7 @@ def _library():
                 return None
             p, i, n, f = ctypes.c_void_p, ctypes.c_int, ctypes.c_int64, ctypes.c_float
             trilinear.argtypes = [p, i, i, i, i, p, i, i, i, n, i, p, n, n, i, n, n]
-            jacobian.argtypes = [p, i, i, i, f, p, n, n]
+            jacobian.argtypes = [p, i, i, i, f, i, p, n, n]
             smooth.argtypes = [p, p, i, i, i, i, p, i, n, n]
             newton.argtypes = [p, i, i, i, p, p, f, f, n, n]
             preimage.argtypes = [p, i, i, i, p, p, i, i, i, p, f, p, n, n, n, n]
@@ -271,18 +271,19 @@ def lstm_euler(gates: torch.Tensor, memory: torch.Tensor, disp: torch.Tensor, h:
     return disp_out, memory_out
 
 
-def jacobian_determinant(displacement: torch.Tensor, floor: float = 0.0) -> torch.Tensor:
+def jacobian_determinant(displacement: torch.Tensor, floor: float = 0.0, identity: bool = True) -> torch.Tensor:
     """det(I + grad u) of a voxel-unit displacement ``(B, 3, D, H, W)`` -> ``(B, 1, D, H, W)``
     float32, with the finite differences of :func:`dccnn_deploy.ops.jacobian.jacobian_determinant`
     (which calls this where :func:`serves` the field); ``floor > 0``: ``1 / max(det, floor)``
-    instead, in the same pass (the homotopy's argument)."""
+    instead, in the same pass (the homotopy's argument); ``identity=False``: det(grad u) of a map
+    given by its positions (any units), e.g. world points (:func:`~dccnn_deploy.transform.map_jacobian`)."""
     lib = _library()
     b, _, d, h, w = displacement.shape
     disp = displacement.detach().float().contiguous()
     out = torch.empty((b, 1, d, h, w), dtype=torch.float32)
     for k in range(b):
         src, dst = disp[k].data_ptr(), out[k].data_ptr()
-        _split(lambda z0, z1: lib.dccnn_jacobian_det(src, d, h, w, floor, dst, z0, z1), d, d * h * w)
+        _split(lambda z0, z1: lib.dccnn_jacobian_det(src, d, h, w, floor, int(identity), dst, z0, z1), d, d * h * w)
     return out
 
 
