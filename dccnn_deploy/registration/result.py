@@ -52,7 +52,7 @@ class RegistrationResult:
         self.labels = labels
         self._info = info
         self.seconds = dict(seconds or {})
-        self._written_folds: dict[str, int] | None = None  # set when the written forward map is built
+        self._written_folds: dict[str, dict[str, int]] = {}  # per written map, once it is built
         self.fixed_grid = Grid(fixed.shape, fixed.affine)
         self.moving_grid = Grid(moving.shape, moving.affine)
         if moved_g is not None:  # already warped (``prepared.warped(transform.forward)``): filled into the cache
@@ -62,20 +62,24 @@ class RegistrationResult:
     @cached_property
     def _fwd_points(self) -> torch.Tensor:
         """Moving-world positions of the fixed grid's voxels ``(1, 3, *fixed.shape)``: the written
-        forward map, where its Jacobian folds anywhere smoothed there (:func:`unfold_map`; the
-        count lands in the report's ``fields``). An orientation-reversing affine (a flip that
-        the affine checks report) is left as it is."""
-        points = self.transform.forward_points(self.fixed_grid)
-        if self.transform.forward is None or np.linalg.det(self.transform.affine[:3, :3]) <= 0:
-            return points
-        points, folded, remaining = unfold_map(points, self.fixed_grid)
-        self._written_folds = {"folded_voxels_repaired": folded - remaining, "folded_voxels_left": remaining}
-        return points
+        forward map (:meth:`_unfolded`)."""
+        return self._unfolded("written_forward", self.transform.forward_points(self.fixed_grid), self.fixed_grid)
 
     @cached_property
     def _inv_points(self) -> torch.Tensor:
-        """Fixed-world positions of the moving grid's voxels ``(1, 3, *moving.shape)``."""
-        return self.transform.inverse_points(self.moving_grid)
+        """Fixed-world positions of the moving grid's voxels ``(1, 3, *moving.shape)``: the written
+        inverse map (:meth:`_unfolded`)."""
+        return self._unfolded("written_inverse", self.transform.inverse_points(self.moving_grid), self.moving_grid)
+
+    def _unfolded(self, name: str, points: torch.Tensor, grid: Grid) -> torch.Tensor:
+        """A written map where its Jacobian folds anywhere smoothed there (:func:`unfold_map`; the
+        counts land in the report's ``fields[name]``). Affine-only maps, and an
+        orientation-reversing affine (a flip, which the affine checks report), are left as they are."""
+        if self.transform.forward is None or np.linalg.det(self.transform.affine[:3, :3]) <= 0:
+            return points
+        points, folded, remaining = unfold_map(points, grid)
+        self._written_folds[name] = {"folded_voxels_repaired": folded - remaining, "folded_voxels_left": remaining}
+        return points
 
     @cached_property
     def _moved_g(self) -> np.ndarray:
@@ -170,8 +174,7 @@ class RegistrationResult:
             "after": image_metrics(self._moved_g, prepared.fixed_g),
         }
         report["fields"] = field_metrics(self.transform.forward, self.transform.inverse)
-        if self._written_folds is not None:  # the written forward map was built (and checked)
-            report["fields"]["written_forward"] = dict(self._written_folds)
+        report["fields"].update(self._written_folds)  # the written maps built so far (and checked)
         report["seconds"] = self.seconds
         self._update_rss(report)
         return report
