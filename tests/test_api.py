@@ -171,7 +171,8 @@ def test_cli_json_quiet_progress_and_outputs(study, tmp_path):
     assert "] affine pre-alignment" in res.stderr  # plain progress lines (not a terminal), on stderr
     assert sorted(p.name for p in (tmp_path / "a").iterdir()) == ["moved.nii.gz", "report.json"]
     res = runner.invoke(app, base + ["-o", str(tmp_path / "b"), "--quiet", "--outputs", "report"])
-    assert res.exit_code == 0 and res.output == ""
+    # quiet: no progress, no summary; only what the result's checks warn of (the tiny random model may lower a similarity)
+    assert res.exit_code == 0 and all(line.startswith("warning: ") for line in res.output.splitlines())
     res = runner.invoke(app, base + ["-o", str(tmp_path / "c"), "--backend", "tensorflow"])
     assert res.exit_code == 2 and "unknown backend" in res.stderr and "\n" not in res.stderr.strip()
     res = runner.invoke(app, base + ["-o", str(tmp_path / "c"), "--outputs", "moved,bogus"])
