@@ -95,14 +95,21 @@ DCCNN_INLINE float from_bf16(uint16_t v) {
     return f;
 }
 
-DCCNN_INLINE void store(const Output *o, int64_t i, const int C, const float *acc) {
+/* output point i of o with its channel stride given separately: called with a literal 1 for a
+ * channels-last output, the channel loop writes contiguous memory and vectorises */
+DCCNN_INLINE void store_strided(const Output *o, const int64_t channel_stride, int64_t i, const int C,
+                                const float *acc) {
     if (o->bf16) {
         uint16_t *p = (uint16_t *)o->ptr + i * o->point_stride;
-        for (int c = 0; c < C; ++c) p[c * o->channel_stride] = to_bf16(acc[c]);
+        for (int c = 0; c < C; ++c) p[c * channel_stride] = to_bf16(acc[c]);
     } else {
         float *p = (float *)o->ptr + i * o->point_stride;
-        for (int c = 0; c < C; ++c) p[c * o->channel_stride] = acc[c];
+        for (int c = 0; c < C; ++c) p[c * channel_stride] = acc[c];
     }
+}
+
+DCCNN_INLINE void store(const Output *o, int64_t i, const int C, const float *acc) {
+    store_strided(o, o->channel_stride, i, C, acc);
 }
 
 /* the C channels at one point, stored as output point i */
@@ -556,17 +563,10 @@ DCCNN_INLINE void upsample_range(const void *src, int src_bf16, const int64_t po
                 for (int c = 0; c < C; ++c) acc[c] += w * p[c * channel_stride];
             }
         }
-        if (channel_stride == 1 && out->channel_stride == 1) { /* channels-last into channels-last: contiguous */
-            if (out->bf16) {
-                uint16_t *q = (uint16_t *)out->ptr + i * out->point_stride;
-                for (int c = 0; c < C; ++c) q[c] = to_bf16(acc[c]);
-            } else {
-                float *q = (float *)out->ptr + i * out->point_stride;
-                for (int c = 0; c < C; ++c) q[c] = acc[c];
-            }
-        } else {
+        if (channel_stride == 1 && out->channel_stride == 1) /* channels-last into channels-last: contiguous */
+            store_strided(out, 1, i, C, acc);
+        else
             store(out, i, C, acc);
-        }
         if (skip != NULL)
             memcpy((char *)out->ptr + (i * out->point_stride + C) * element,
                    (const char *)skip + i * skip_channels * element, skip_channels * element);

@@ -395,5 +395,5 @@ def preimage_step(inverse: torch.Tensor, planes: tuple[int, int], to_norm, forwa
 
 
 __all__ = ["available", "serves", "NativeSource", "displaced_differentiable", "jacobian_determinant", "lstm_euler", "smooth",
-           "serves_displacement", "MAX_SMOOTH_RADIUS",
+           "serves_displacement", "upsamples", "upsample2x", "MAX_SMOOTH_RADIUS",
            "newton_inverse_step", "preimage_step", "MAX_CHANNELS", "MAX_SLOPE_CHANNELS"]
