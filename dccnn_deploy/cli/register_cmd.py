@@ -57,16 +57,32 @@ def options_from_cli(
     return opts
 
 
+#: heap a registration's arrays take (bytes per voxel of the two images, plus the network's and
+#: the affine stage's): Colin27 -> ICBM 2009c at 1 mm (15.6 M voxels) faulted in ~650 MB
+HEAP_BYTES_PER_VOXEL = 32
+HEAP_BYTES_BASE = 128 << 20
+
+
+def heap_estimate(*volumes: "Volume") -> int:
+    """Heap bytes that registering ``volumes`` (moving, fixed) is expected to touch."""
+    return HEAP_BYTES_BASE + HEAP_BYTES_PER_VOXEL * sum(int(v.data.size) for v in volumes)
+
+
 def read_inputs(moving: Path, fixed: Path) -> "Future[tuple[Volume, Volume]]":
     """Read and check the two images on a thread, started before the pipeline (and torch) is
-    imported: decompressing them overlaps the ~1.5-2 s of one core that importing torch takes."""
+    imported: decompressing them overlaps the ~1.5-2 s of one core that importing torch takes.
+    The same thread then faults in the heap the registration will need
+    (:func:`~dccnn_deploy.runtime.allocator.prefault_heap`), still beside the import."""
     from concurrent.futures import ThreadPoolExecutor
 
     from dccnn_deploy.io.image import load_volume
+    from dccnn_deploy.runtime.allocator import prefault_heap
 
     pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dccnn-read")
     try:
-        return pool.submit(lambda: (load_volume(moving), load_volume(fixed)))
+        reading = pool.submit(lambda: (load_volume(moving), load_volume(fixed)))
+        pool.submit(lambda: reading.exception() is None and prefault_heap(heap_estimate(*reading.result())))
+        return reading
     finally:
         pool.shutdown(wait=False)
 
