@@ -14,7 +14,8 @@ from dccnn_deploy.io import Volume
 from dccnn_deploy.preprocess.affine import register_affine
 from dccnn_deploy.preprocess.brain_mask import HEAD_LITRES, has_skull, load_template, tissue_litres
 from dccnn_deploy.preprocess.grid import Grid, apply_affine, model_grid, resample_to_grid
-from dccnn_deploy.preprocess.mutual_information import mattes_mi, mutual_information, parzen_weights
+from dccnn_deploy.preprocess.mutual_information import (
+    FixedParzen, mattes_mi, mutual_information, mutual_information_from_weights, parzen_weights)
 from dccnn_deploy.preprocess.settings import PreprocessSettings
 from dccnn_deploy.registration.prepare import prepare_pair, strip_for_network
 from dccnn_deploy.registration.sanity_affine import (
@@ -286,3 +287,35 @@ def test_starts_optimised_as_one_batch_match_separate_runs():
         alone, value = _optimise(level, starts[k : k + 1], centres, 6, 1.2, None)
         assert torch.allclose(params[k], alone[0], atol=0.05)  # Adam amplifies the float32 noise a little
         assert abs(float(best[k]) - float(value[0])) < 1e-3 and float(best[k]) > float(values[k])
+
+
+@pytest.mark.parametrize("compiled", [True, False])
+def test_fixed_parzen_mi_and_gradient_equal_the_dense_weights(compiled, monkeypatch):
+    """:class:`FixedParzen` (compiled 4 x 4 taps, or the dense fallback) gives the MI of the dense
+    weight matrices, and the same gradient, for a batch of moving sets and for one set; values
+    outside [0, 1] are clamped (no gradient there), as the dense path's ``clamp``."""
+    from dccnn_deploy.ops import native
+
+    if compiled and not native.available():
+        pytest.skip("compiled kernels not built")
+    if not compiled:
+        monkeypatch.setattr(native, "serves_parzen", lambda values: False)
+    gen = torch.Generator().manual_seed(3)
+    n = 5000
+    fixed = torch.rand(n, generator=gen)
+    related = (0.6 * fixed + 0.4 * torch.rand(n, generator=gen))
+    related[:40], related[40:80], related[80:120], related[120:160] = 1.0, 0.0, 1.4, -0.3
+    moving = torch.stack([related, torch.rand(n, generator=gen), related**2]).requires_grad_(True)
+    parzen = FixedParzen(fixed)
+    mi = parzen.mutual_information(moving)
+    (grad,) = torch.autograd.grad(mi.sum(), moving)
+    dense = moving.detach().clone().requires_grad_(True)
+    expected = mutual_information_from_weights(parzen_weights(fixed), parzen_weights(dense.reshape(-1)).reshape(3, n, -1))
+    (expected_grad,) = torch.autograd.grad(expected.sum(), dense)
+    assert mi.shape == (3,)
+    assert torch.allclose(mi.detach(), expected.detach(), atol=1e-5)
+    assert mi[0] > 0.3 and mi[1] < 0.05  # related vs independent values
+    assert torch.allclose(grad, expected_grad, atol=1e-7, rtol=1e-4)
+    assert float(grad[0, 80:160].abs().max()) == 0.0  # clamped values
+    single = parzen.mutual_information(related)
+    assert single.shape == () and abs(float(single.detach()) - float(expected[0].detach())) < 1e-5

@@ -602,3 +602,72 @@ DCCNN_CLONES int dccnn_upsample2x(const void *src, int src_bf16, int channels_la
         return 0;
     }
 }
+
+/* Mattes mutual information (dccnn_deploy/preprocess/mutual_information.py): cubic B-spline
+ * Parzen windows over `bins` histogram bins. A value v in [0, 1] (clamped) sits at bin position
+ * p = 2 + v (bins - 5); its four non-zero weights fall on bins floor(p) - 1 .. floor(p) + 2. */
+DCCNN_INLINE int parzen_taps(float v, int bins, float w[4], float dw[4]) {
+    const float scale = (float)(bins - 5);
+    const int inside = v >= 0.0f && v <= 1.0f; /* the clamp's gradient, as torch.clamp's */
+    v = v < 0.0f ? 0.0f : (v > 1.0f ? 1.0f : v);
+    const float p = 2.0f + v * scale;
+    const float first = floorf(p); /* at most bins - 3 (v = 1): the taps stay inside the histogram */
+    const float t = p - first, s = 1.0f - t;
+    w[0] = s * s * s / 6.0f;
+    w[1] = 2.0f / 3.0f - t * t + 0.5f * t * t * t;
+    w[2] = 2.0f / 3.0f - s * s + 0.5f * s * s * s;
+    w[3] = t * t * t / 6.0f;
+    if (dw) {
+        const float g = inside ? scale : 0.0f;
+        dw[0] = -0.5f * s * s * g;
+        dw[1] = (-2.0f * t + 1.5f * t * t) * g;
+        dw[2] = (2.0f * s - 1.5f * s * s) * g;
+        dw[3] = 0.5f * t * t * g;
+    }
+    return (int)first - 1;
+}
+
+/* The joint histogram (bins x bins, row: fixed bin, column: moving bin, accumulated in double) of
+ * K sets of n moving values (K, n) against one fixed set given by its taps: first bin (n) and four
+ * weights (n, 4). joint is (K, bins, bins); sets [start, stop) are filled. */
+DCCNN_CLONES int dccnn_parzen_joint(const float *moving, int64_t n, const int32_t *fixed_first,
+                                    const float *fixed_w, int bins, double *joint, int64_t start, int64_t stop) {
+    for (int64_t k = start; k < stop; ++k) {
+        double *h = joint + k * bins * bins;
+        memset(h, 0, sizeof(double) * bins * bins);
+        const float *v = moving + k * n;
+        for (int64_t i = 0; i < n; ++i) {
+            float w[4];
+            const int m = parzen_taps(v[i], bins, w, NULL);
+            const float *wf = fixed_w + 4 * i;
+            for (int a = 0; a < 4; ++a) {
+                double *row = h + (int64_t)(fixed_first[i] + a) * bins + m;
+                for (int b = 0; b < 4; ++b) row[b] += (double)(wf[a] * w[b]);
+            }
+        }
+    }
+    return 0;
+}
+
+/* The gradient of sum_ab G[k, a, b] joint[k, a, b] with respect to each moving value: for set k
+ * and value i, sum over its taps of fixed_w[i, a] * d w_b / d v * G[k, fixed bin a, moving bin b].
+ * G (K, bins, bins) float; grad (K, n); values [start, stop) of every set. */
+DCCNN_CLONES int dccnn_parzen_grad(const float *moving, int64_t n, int K, const int32_t *fixed_first,
+                                   const float *fixed_w, int bins, const float *G, float *grad, int64_t start,
+                                   int64_t stop) {
+    for (int k = 0; k < K; ++k) {
+        const float *v = moving + (int64_t)k * n, *g = G + (int64_t)k * bins * bins;
+        for (int64_t i = start; i < stop; ++i) {
+            float w[4], dw[4];
+            const int m = parzen_taps(v[i], bins, w, dw);
+            const float *wf = fixed_w + 4 * i;
+            float total = 0.0f;
+            for (int a = 0; a < 4; ++a) {
+                const float *row = g + (int64_t)(fixed_first[i] + a) * bins + m;
+                total += wf[a] * (dw[0] * row[0] + dw[1] * row[1] + dw[2] * row[2] + dw[3] * row[3]);
+            }
+            grad[(int64_t)k * n + i] = total;
+        }
+    }
+    return 0;
+}

@@ -57,6 +57,7 @@ def _library():
                 trilinear, jacobian, newton = lib.dccnn_trilinear, lib.dccnn_jacobian_det, lib.dccnn_newton_inverse
                 preimage, trilinear_grad = lib.dccnn_preimage, lib.dccnn_trilinear_grad
                 lstm, smooth, upsample = lib.dccnn_lstm_euler, lib.dccnn_smooth_axis, lib.dccnn_upsample2x
+                joint, joint_grad = lib.dccnn_parzen_joint, lib.dccnn_parzen_grad
             except (OSError, AttributeError):
                 return None
             p, i, n, f = ctypes.c_void_p, ctypes.c_int, ctypes.c_int64, ctypes.c_float
@@ -68,7 +69,9 @@ def _library():
             trilinear_grad.argtypes = [p, i, i, i, i, p, i, i, n, p, p, n, n]
             lstm.argtypes = [p, n, i, p, p, p, f, p, p, p, n, i, n, n, n]
             upsample.argtypes = [p, i, i, i, i, i, i, f, p, n, n, p, i, n, n]
-            for fn in (trilinear, jacobian, preimage, trilinear_grad, lstm, smooth, upsample):
+            joint.argtypes = [p, n, p, p, i, p, n, n]
+            joint_grad.argtypes = [p, n, i, p, p, i, p, p, n, n]
+            for fn in (trilinear, jacobian, preimage, trilinear_grad, lstm, smooth, upsample, joint, joint_grad):
                 fn.restype = ctypes.c_int
             newton.restype = ctypes.c_double
             return lib
@@ -394,6 +397,36 @@ def preimage_step(inverse: torch.Tensor, planes: tuple[int, int], to_norm, forwa
     return out
 
 
-__all__ = ["available", "serves", "NativeSource", "displaced_differentiable", "jacobian_determinant", "lstm_euler", "smooth",
+def serves_parzen(values: torch.Tensor) -> bool:
+    """Whether :func:`parzen_joint` serves moving ``values``: the library is loaded, they are on
+    the CPU, and no graph is being recorded."""
+    return available() and values.device.type == "cpu" and not _recording_graph()
+
+
+def parzen_joint(moving: torch.Tensor, fixed_first: torch.Tensor, fixed_taps: torch.Tensor, bins: int) -> torch.Tensor:
+    """Mattes joint histograms ``(K, bins, bins)`` float64 (row: fixed bin) of ``K`` sets of moving
+    values ``(K, N)`` float32 in [0, 1] against one fixed set given by its Parzen taps: first bin
+    ``(N,)`` int32 and four weights ``(N, 4)`` float32 (:mod:`dccnn_deploy.preprocess.mutual_information`)."""
+    k, n = moving.shape
+    joint = torch.empty((k, bins, bins), dtype=torch.float64)
+    args = (moving.data_ptr(), n, fixed_first.data_ptr(), fixed_taps.data_ptr(), bins, joint.data_ptr())
+    _split(lambda start, stop: _library().dccnn_parzen_joint(*args, start, stop), k, k * n)
+    return joint
+
+
+def parzen_joint_gradient(moving: torch.Tensor, fixed_first: torch.Tensor, fixed_taps: torch.Tensor,
+                          joint_gradient: torch.Tensor) -> torch.Tensor:
+    """The gradient ``(K, N)`` with respect to the moving values of a function of
+    :func:`parzen_joint`'s histograms whose gradient with respect to them is ``joint_gradient``
+    ``(K, bins, bins)`` float32."""
+    k, n = moving.shape
+    grad = torch.empty((k, n), dtype=torch.float32)
+    args = (moving.data_ptr(), n, k, fixed_first.data_ptr(), fixed_taps.data_ptr(), joint_gradient.shape[-1],
+            joint_gradient.data_ptr(), grad.data_ptr())
+    _split(lambda start, stop: _library().dccnn_parzen_grad(*args, start, stop), n, k * n)
+    return grad
+
+
+__all__ = ["available", "serves", "NativeSource", "serves_parzen", "parzen_joint", "parzen_joint_gradient", "displaced_differentiable", "jacobian_determinant", "lstm_euler", "smooth",
            "serves_displacement", "upsamples", "upsample2x", "MAX_SMOOTH_RADIUS",
            "newton_inverse_step", "preimage_step", "MAX_CHANNELS", "MAX_SLOPE_CHANNELS"]

@@ -46,7 +46,7 @@ from dccnn_deploy.preprocess.grid import (
     voxel_transform,
 )
 from dccnn_deploy.preprocess.intensity import foreground_mask, normalise_intensity
-from dccnn_deploy.preprocess.mutual_information import mattes_mi, mutual_information_from_weights, parzen_weights
+from dccnn_deploy.preprocess.mutual_information import FixedParzen, mattes_mi
 
 Progress = Callable[[str, float], None]
 Cost = Literal["auto", "mi", "ncc"]
@@ -214,7 +214,7 @@ class _Level:
         self.points = (voxels @ grid_affine[:3, :3].T + grid_affine[:3, 3]).float()  # world mm (N, 3)
         self.fixed_points = self.fixed.reshape(-1)[keep]
         self.cost = cost
-        self._fixed_weights = parzen_weights(self.fixed_points) if cost == "mi" else None
+        self._fixed_parzen = FixedParzen(self.fixed_points) if cost == "mi" else None
         self.iterations = 0  # optimiser steps taken on this level
 
     def similarity(self, matrix: torch.Tensor) -> torch.Tensor:
@@ -224,9 +224,8 @@ class _Level:
         world_to_voxel = (self._world_to_moving @ matrix).float()
         coords = self.points @ world_to_voxel[..., :3, :3].transpose(-1, -2) + world_to_voxel[..., None, :3, 3]
         values = sample_points(self.moving, coords.reshape(-1, 3))[0, 0].reshape(coords.shape[:-1])
-        if self._fixed_weights is not None:
-            moving_weights = parzen_weights(values.reshape(-1)).reshape(*values.shape, -1)
-            return mutual_information_from_weights(self._fixed_weights, moving_weights)
+        if self._fixed_parzen is not None:
+            return self._fixed_parzen.mutual_information(values)
         return _ncc(values, self.fixed_points)
 
     def full_similarity(self, matrix: np.ndarray) -> tuple[float, float, float]:
