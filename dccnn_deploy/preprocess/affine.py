@@ -46,7 +46,7 @@ from dccnn_deploy.preprocess.grid import (
     voxel_transform,
 )
 from dccnn_deploy.preprocess.intensity import foreground_mask, normalise_intensity
-from dccnn_deploy.preprocess.mutual_information import FixedParzen, mattes_mi
+from dccnn_deploy.preprocess.mutual_information import FixedParzen
 
 Progress = Callable[[str, float], None]
 Cost = Literal["auto", "mi", "ncc"]
@@ -237,7 +237,8 @@ class _Level:
         fixed = self.fixed[0, 0].numpy()
         step = max(1, fixed.size // _MI_VOXELS)  # a regular subset: enough for a stable histogram
         with torch.no_grad():
-            mi = float(mattes_mi(torch.from_numpy(fixed.reshape(-1)[::step]), torch.from_numpy(warped.reshape(-1)[::step])))
+            mi = float(FixedParzen(torch.from_numpy(fixed.reshape(-1)[::step])).mutual_information(
+                torch.from_numpy(warped.reshape(-1)[::step])))
         a, b = warped > TISSUE_LEVEL, fixed > TISSUE_LEVEL
         overlap = 2.0 * float(np.count_nonzero(a & b)) / max(1, int(a.sum()) + int(b.sum()))
         return ncc(warped, fixed), mi, overlap

@@ -69,12 +69,19 @@ class FixedParzen:
     each value's 4 x 4 taps; otherwise they are products of dense ``(N, bins)`` weight matrices."""
 
     def __init__(self, fixed: torch.Tensor, bins: int = BINS):
-        fixed = fixed.detach().reshape(-1).float()
+        self.values = fixed.detach().reshape(-1).float()
         self.bins = bins
-        self.weights = parzen_weights(fixed, bins)
-        first, taps = _parzen_taps(fixed, bins)
+        first, taps = _parzen_taps(self.values, bins)
         self.first = first.to(torch.int32).contiguous()
         self.taps = taps.contiguous()
+        self._weights: torch.Tensor | None = None
+
+    @property
+    def weights(self) -> torch.Tensor:
+        """The dense ``(N, bins)`` weights (:func:`parzen_weights`), built on first use."""
+        if self._weights is None:
+            self._weights = parzen_weights(self.values, self.bins)
+        return self._weights
 
     def mutual_information(self, moving: torch.Tensor) -> torch.Tensor:
         """Mattes MI (nats) of the fixed set and ``moving`` ``(N,)`` (a scalar) or ``(K, N)`` (K
@@ -133,4 +140,4 @@ def mutual_information(a: np.ndarray, b: np.ndarray, mask: np.ndarray | None = N
         return 0.0
     scaled = [(x - x.min()) / max(float(x.max() - x.min()), _EPS) for x in (a.ravel(), b.ravel())]
     with torch.no_grad():
-        return float(mattes_mi(torch.from_numpy(scaled[0]), torch.from_numpy(scaled[1]), bins))
+        return float(FixedParzen(torch.from_numpy(scaled[0]), bins).mutual_information(torch.from_numpy(scaled[1])))
