@@ -250,6 +250,24 @@ def test_cli_help_and_version_do_not_import_torch():
     assert res.stdout.split() == ["[]", "True", "True"]
 
 
+def test_affine_stage_does_not_make_torch_import_sympy():
+    """torch imports sympy (~0.3 s) the first time autograd is handed a tensor of output gradients;
+    the affine stage's MI backward must not do that."""
+    code = (
+        "import sys, numpy as np\n"
+        "from dccnn_deploy.preprocess.affine import register_affine\n"
+        "rng = np.random.default_rng(0)\n"
+        "x = np.zeros((40, 40, 40), np.float32); x[8:32, 10:30, 6:34] = 1.0\n"
+        "x += 0.1 * rng.random(x.shape, dtype=np.float32)\n"
+        "a = np.diag([2.0, 2.0, 2.0, 1.0]); b = a.copy(); b[:3, 3] = 3.0\n"
+        "register_affine(x, a, x[::-1].copy(), b, levels=(8.0, 4.0), iterations=(20, 10))\n"
+        "print('sympy' in sys.modules)\n"
+    )
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.split() == ["False"]
+
+
 def test_cli_lists_every_command_with_its_docstring():
     import importlib
 
