@@ -235,6 +235,13 @@ def test_background_writer_writes_and_reports_errors(tmp_path):
 # ------------------------------------------------------------------ start-up
 
 
+def _python_prints(code: str) -> list[str]:
+    """The words a fresh Python process running ``code`` prints (it must succeed)."""
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert res.returncode == 0, res.stderr
+    return res.stdout.split()
+
+
 def test_cli_help_and_version_do_not_import_torch():
     code = (
         "import sys\n"
@@ -245,9 +252,7 @@ def test_cli_help_and_version_do_not_import_torch():
         "heavy = [m for m in ('torch', 'nibabel', 'onnx', 'onnxruntime', 'PIL', 'scipy') if m in sys.modules]\n"
         "print(heavy, 'dccnn-deploy' in out, 'register' in out and 'benchmark' in out)\n"
     )
-    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
-    assert res.returncode == 0, res.stderr
-    assert res.stdout.split() == ["[]", "True", "True"]
+    assert _python_prints(code) == ["[]", "True", "True"]
 
 
 def test_affine_stage_does_not_make_torch_import_sympy():
@@ -263,9 +268,7 @@ def test_affine_stage_does_not_make_torch_import_sympy():
         "register_affine(x, a, x[::-1].copy(), b, levels=(8.0, 4.0), iterations=(20, 10))\n"
         "print('sympy' in sys.modules)\n"
     )
-    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
-    assert res.returncode == 0, res.stderr
-    assert res.stdout.split() == ["False"]
+    assert _python_prints(code) == ["False"]
 
 
 def test_cli_lists_every_command_with_its_docstring():
