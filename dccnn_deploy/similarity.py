@@ -21,10 +21,10 @@ from dataclasses import dataclass
 from typing import Callable
 
 import torch
-import torch.nn.functional as F
 
 from dccnn_deploy.ops.jacobian import spatial_gradient
 from dccnn_deploy.ops.local_stats import box_mean, local_ncc_map
+from dccnn_deploy.ops.morphology import dilate
 from dccnn_deploy.ops.smoothing import gaussian_smooth
 
 SIMILARITIES = ("lncc", "mind", "ngf")
@@ -105,8 +105,8 @@ def contrast_agreement(moving: torch.Tensor, fixed: torch.Tensor, threshold: flo
     shared tissue/background edge does not count), after a 1-voxel Gaussian blur so that residual
     misalignment matters less. Near 1: same contrast; near or below 0: different."""
     a, b = (t.float().reshape(1, 1, *t.shape[-3:]) for t in (moving, fixed))
-    outside = ((a <= threshold) | (b <= threshold)).float()
-    mask = F.max_pool3d(outside, 5, stride=1, padding=2).flatten() == 0
+    outside = (a <= threshold) | (b <= threshold)
+    mask = ~dilate(outside, 2).flatten()
     if int(mask.sum()) < 10:
         return 0.0
     a, b = (gaussian_smooth(t, 1.0).flatten()[mask] for t in (a, b))

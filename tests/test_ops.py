@@ -95,6 +95,18 @@ def test_gaussian_keeps_constants_and_smooths_noise():
     assert gaussian_smooth(noise, 1.5).std() < 0.5 * noise.std()
 
 
+@pytest.mark.parametrize("radius", [0, 1, 2, 4])
+def test_dilate_equals_a_cubic_max_pool(radius):
+    from dccnn_deploy.ops.morphology import dilate
+
+    g = torch.Generator().manual_seed(radius)
+    mask = torch.rand((1, 1, 9, 12, 7), generator=g) > 0.97
+    mask[0, 0, 0, 0, 0] = mask[0, 0, -1, -1, -1] = True  # corners: borders must not wrap
+    expected = F.max_pool3d(mask.float(), 2 * radius + 1, stride=1, padding=radius) > 0
+    assert torch.equal(dilate(mask, radius), expected)
+    assert torch.equal(dilate(mask.float(), radius), expected)
+
+
 def test_upsample_field_doubles_a_translation():
     disp = torch.ones(1, 3, 4, 5, 6)
     up = upsample_field(disp)

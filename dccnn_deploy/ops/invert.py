@@ -21,6 +21,7 @@ import torch.nn.functional as F
 
 from dccnn_deploy.ops import native
 from dccnn_deploy.ops.jacobian import jacobian_determinant, spatial_gradient
+from dccnn_deploy.ops.morphology import dilate
 from dccnn_deploy.ops.warp import compose, displaced_sampler, vector_length, warp_gridsample
 
 #: Newton iterations of :func:`invert_displacement` at most (it stops earlier at ``tolerance``)
@@ -155,10 +156,10 @@ def repair_folds(disp: torch.Tensor, rounds: int = REPAIR_ROUNDS, min_det: float
     removes them and changes the inverse consistency there by < 0.001 voxel on average.
     """
     for _ in range(rounds):
-        folded = (jacobian_determinant(disp.float()) <= min_det).float()
+        folded = jacobian_determinant(disp.float()) <= min_det
         if not bool(folded.any()):
             break
-        region = F.max_pool3d(folded, 5, stride=1, padding=2) > 0
+        region = dilate(folded, 2)
         mean = F.avg_pool3d(F.pad(disp, (1,) * 6, mode="replicate"), 3, stride=1)
         disp = torch.where(region, mean, disp)
     return disp
