@@ -271,6 +271,24 @@ def test_affine_stage_does_not_make_torch_import_sympy():
     assert _python_prints(code) == ["False"]
 
 
+def test_registering_commands_pause_the_collector_until_torch_is_imported():
+    code = (
+        "import gc, sys\n"
+        "from dccnn_deploy.cli.app import PAUSED_COLLECTION\n"
+        "from dccnn_deploy.runtime.collector import pause_collection, resume_collection\n"
+        "resume_collection()\n"
+        "print(gc.isenabled(), gc.get_freeze_count() == 0)\n"  # not paused: untouched
+        "pause_collection()\n"
+        "print(gc.isenabled(), 'torch' in sys.modules)\n"
+        "from dccnn_deploy.cli.register_cmd import options_from_cli\n"
+        "options_from_cli(None, None, 'cpu', 0, False, False)\n"
+        "print(gc.isenabled(), 'torch' in sys.modules, gc.get_freeze_count() > 100_000)\n"
+        "print(sorted(PAUSED_COLLECTION))\n"
+    )
+    assert _python_prints(code) == ["True", "True", "False", "False", "True", "True", "True",
+                                    "['batch',", "'demo',", "'register']"]
+
+
 def test_cli_lists_every_command_with_its_docstring():
     import importlib
 

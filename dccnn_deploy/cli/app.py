@@ -113,6 +113,9 @@ def _root(
 #: closed: the interpreter's teardown of torch and of a registration's arrays takes ~0.8 s after a
 #: 1 mm registration (docs/benchmarks.md); training (process groups, DDP) exits normally
 FAST_EXIT = frozenset({"register", "batch", "apply", "demo", "evaluate"})
+#: commands that pause Python's cyclic garbage collector while they import torch and the pipeline;
+#: :func:`~dccnn_deploy.cli.register_cmd.options_from_cli` resumes it right after those imports
+PAUSED_COLLECTION = frozenset({"register", "batch", "demo"})
 
 
 def main() -> None:
@@ -121,8 +124,11 @@ def main() -> None:
         app()
         return
     from dccnn_deploy.runtime.allocator import tune_allocator
+    from dccnn_deploy.runtime.collector import pause_collection
     from dccnn_deploy.runtime.openmp import tune_openmp
 
+    if sys.argv[1] in PAUSED_COLLECTION:
+        pause_collection()  # its full passes over torch's ~10^6 new objects took ~0.25 s
     tune_allocator()  # before torch allocates anything: freed blocks are reused, not re-faulted
     tune_openmp()  # before torch loads OpenMP: idle workers leave the cores to the compiled kernels sooner
     try:

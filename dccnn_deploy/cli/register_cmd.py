@@ -32,7 +32,9 @@ def options_from_cli(
     default when ``--model`` is not given, none with ``--model none``). Checked at once."""
     from dccnn_deploy.models import resolve_model
     from dccnn_deploy.registration.pipeline import RegisterOptions
+    from dccnn_deploy.runtime.collector import resume_collection
 
+    resume_collection()  # torch and the pipeline are imported: freeze them, collect from here on
     extra = {}
     if grid:
         try:
