@@ -7,7 +7,7 @@ Each run is a separate process timed with /usr/bin/time (wall seconds, peak RSS)
 ``dccnn register`` process (start-up included; its report.json gives the stage times) and
 ``ants.registration(type_of_transform="SyN")`` with the moved image written (antspyx import
 included). Runs alternate ours / ANTs so both see the same machine load; medians are reported
-with the ratio ANTs / ours. Also times ``dccnn --version`` and ``dccnn --help``. Each package timed
+with the ratio ANTs / ours, and each round's own ratio (the VM's speed drifts within minutes). Also times ``dccnn --version`` and ``dccnn --help``. Each package timed
 is byte-compiled first, as ``pip install`` of a wheel leaves it.
 ``--code TREE`` (repeatable) times several code trees, alternating. Prints a Markdown table. Defaults: Colin27 brain (ch2bet, 181x217x181) -> ICBM 2009c brain
 (193x229x193) from ~/.cache/dccnn/brains, the shipped default model.
@@ -125,9 +125,11 @@ def main() -> None:
         for stage in STAGES:
             print(f"| &nbsp;&nbsp;{stage} | {med(rows, stage):.2f} | |")
         if ants:
-            print(f"| **ratio SyN / ours** | **{med(ants, 'wall') / med(rows, 'wall'):.1f}x** | |")
+            per_round = ", ".join(f"{a['wall'] / o['wall']:.1f}" for a, o in zip(ants, rows))
+            print(f"| **ratio SyN / ours** (medians; per round: {per_round}) | **{med(ants, 'wall') / med(rows, 'wall'):.1f}x** | |")
     if ants:
-        print(f"| antspyx SyN (whole process) | {med(ants, 'wall'):.1f} | {med(ants, 'rss'):.0f} |")
+        walls = ", ".join(f"{row['wall']:.1f}" for row in ants)
+        print(f"| antspyx SyN (whole process) | {med(ants, 'wall'):.1f} ({walls}) | {med(ants, 'rss'):.0f} |")
     print(f"| `dccnn --version` / `--help` | {startup['--version']:.2f} / {startup['--help']:.2f} | |")
 
 
