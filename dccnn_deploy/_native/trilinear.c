@@ -249,10 +249,25 @@ DCCNN_CLONES int dccnn_lstm_euler(const void *gates, int64_t gates_stride, int g
     for (int64_t base = start; base < stop; base += LSTM_BLOCK) {
         const int m = (int)(stop - base < LSTM_BLOCK ? stop - base : LSTM_BLOCK);
         float g[12][LSTM_BLOCK];
-        for (int p = 0; p < m; ++p) {
-            const int64_t at = (base + p) * gates_stride;
+        /* gate k of the block's points, one loop per gate with the dtype branch outside the loops;
+         * bfloat16 gates 12 to a point (the gate convolution's output) are read as six 32-bit
+         * pairs, which vectorises (10.5 -> 6.5-7 ms at 80x96x96 on 2 cores, same values) */
+        if (gates_bf16 && gates_stride == 12) {
+            const uint32_t *gg = (const uint32_t *)gates + base * 6;
+            for (int k = 0; k < 6; ++k)
+                for (int p = 0; p < m; ++p) {
+                    const uint32_t w = gg[p * 6 + k], lo = w << 16, hi = w & 0xFFFF0000u;
+                    memcpy(&g[2 * k][p], &lo, sizeof lo);
+                    memcpy(&g[2 * k + 1][p], &hi, sizeof hi);
+                }
+        } else if (gates_bf16) {
+            const uint16_t *gg = (const uint16_t *)gates + base * gates_stride;
             for (int k = 0; k < 12; ++k)
-                g[k][p] = gates_bf16 ? from_bf16(((const uint16_t *)gates)[at + k]) : ((const float *)gates)[at + k];
+                for (int p = 0; p < m; ++p) g[k][p] = from_bf16(gg[p * gates_stride + k]);
+        } else {
+            const float *gg = (const float *)gates + base * gates_stride;
+            for (int k = 0; k < 12; ++k)
+                for (int p = 0; p < m; ++p) g[k][p] = gg[p * gates_stride + k];
         }
         for (int ch = 0; ch < 3; ++ch) {
             const float *cc = c + ch * n + base, *dd = disp + ch * n + base, *hh = h + base;
