@@ -246,24 +246,22 @@ DCCNN_CLONES int dccnn_lstm_euler(const void *gates, int64_t gates_stride, int g
                                   void *pack, int64_t pack_stride, int pack_bf16, int64_t n, int64_t start,
                                   int64_t stop) {
     const Output packed = {pack, pack_stride, 1, pack_bf16};
+    if (gates_bf16 && gates_stride % 2 != 0) return -1; /* bfloat16 gates are read in pairs */
     for (int64_t base = start; base < stop; base += LSTM_BLOCK) {
         const int m = (int)(stop - base < LSTM_BLOCK ? stop - base : LSTM_BLOCK);
         float g[12][LSTM_BLOCK];
         /* gate k of the block's points, one loop per gate with the dtype branch outside the loops;
-         * bfloat16 gates 12 to a point (the gate convolution's output) are read as six 32-bit
-         * pairs, which vectorises (10.5 -> 6.5-7 ms at 80x96x96 on 2 cores, same values) */
-        if (gates_bf16 && gates_stride == 12) {
-            const uint32_t *gg = (const uint32_t *)gates + base * 6;
+         * bfloat16 gates are read as 32-bit pairs (an even stride), which vectorises (10.5 -> 6.5-7
+         * ms at 80x96x96 on 2 cores, same values) */
+        if (gates_bf16) {
+            const int64_t pairs = gates_stride / 2;
+            const uint32_t *gg = (const uint32_t *)gates + base * pairs;
             for (int k = 0; k < 6; ++k)
                 for (int p = 0; p < m; ++p) {
-                    const uint32_t w = gg[p * 6 + k], lo = w << 16, hi = w & 0xFFFF0000u;
+                    const uint32_t w = gg[p * pairs + k], lo = w << 16, hi = w & 0xFFFF0000u;
                     memcpy(&g[2 * k][p], &lo, sizeof lo);
                     memcpy(&g[2 * k + 1][p], &hi, sizeof hi);
                 }
-        } else if (gates_bf16) {
-            const uint16_t *gg = (const uint16_t *)gates + base * gates_stride;
-            for (int k = 0; k < 12; ++k)
-                for (int p = 0; p < m; ++p) g[k][p] = from_bf16(gg[p * gates_stride + k]);
         } else {
             const float *gg = (const float *)gates + base * gates_stride;
             for (int k = 0; k < 12; ++k)
