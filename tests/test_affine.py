@@ -12,7 +12,8 @@ from scipy import ndimage
 
 from dccnn_deploy.io import Volume
 from dccnn_deploy.preprocess.affine import register_affine
-from dccnn_deploy.preprocess.brain_mask import HEAD_LITRES, has_skull, load_template, tissue_litres
+from dccnn_deploy.metrics import dice
+from dccnn_deploy.preprocess.brain_mask import HEAD_LITRES, has_skull, load_template, refine_brain_mask, tissue_litres
 from dccnn_deploy.preprocess.grid import Grid, apply_affine, model_grid, resample_to_grid
 from dccnn_deploy.preprocess.mutual_information import (
     FixedParzen, mattes_mi, mutual_information, mutual_information_from_weights, parzen_weights)
@@ -190,12 +191,39 @@ def test_head_to_brain_strips_the_skull_of_the_head():
     template_g, head_g = seen[-1]
     assert head_g is pair.fixed_g and np.corrcoef(template_g.ravel(), head_g.ravel())[0, 1] > 0.8
     assert np.allclose(same.fixed_g, stripped.fixed_g, atol=1e-4)  # identity: the affine mask
-    shifted = strip_for_network(pair, "fixed", back.brain_mask, settings, back.template_head,
-                                lambda t, h: register(t, h, shift=3.0))
+    misfit = lambda t, h: register(t, h, shift=3.0)  # noqa: E731
+    shifted = strip_for_network(pair, "fixed", back.brain_mask, settings, back.template_head, misfit,
+                                refine_edge=False)
     mask_g = resample_to_grid(mask_image, mask_affine, pair.grid)
     expected = pair.fixed_g * np.concatenate([mask_g[3:], np.zeros_like(mask_g[:3])])  # mask(x + 3 e_0)
     inside = (slice(2, -5),) * 3  # away from the cut-off planes
     assert np.corrcoef(shifted.fixed_g[inside].ravel(), expected[inside].ravel())[0, 1] > 0.999
+    # a template that does not match the head: the mask's edge moves towards the head's own brain edge
+    refined = strip_for_network(pair, "fixed", back.brain_mask, settings, back.template_head, misfit)
+    brain_g = resample_to_grid((mask > 0.5).astype(np.float32), affine, pair.grid, world) > 0.5
+    assert _mask_dice(refined.fixed_g > 0, brain_g) > _mask_dice(shifted.fixed_g > 0, brain_g) + 0.01
+
+
+def _mask_dice(a: np.ndarray, b: np.ndarray) -> float:
+    return dice(a.astype(np.int16), b.astype(np.int16), labels=[1])[1]
+
+
+@pytest.mark.parametrize("tissues", [(0.7, 0.1, 0.05, 0.9), (0.4, 0.95, 0.05, 0.6)], ids=["T1", "T2"])
+def test_refine_brain_mask_moves_a_misplaced_edge_onto_the_brain(tissues):
+    """A sphere brain in CSF, skull and scalp shells (T1: CSF dark; T2: CSF bright) with a carried
+    mask too large and shifted: the refined mask is closer to the brain, in either contrast."""
+    brain_v, csf_v, skull_v, scalp_v = tissues
+    radius = np.linalg.norm(np.indices((48, 48, 48)) - 23.5, axis=0)
+    image = np.select([radius < 14, radius < 16, radius < 18, radius < 21], [brain_v, csf_v, skull_v, scalp_v], 0.0)
+    image = (image + 0.03 * np.random.default_rng(0).standard_normal(image.shape)).astype(np.float32)
+    brain = radius < 14
+    carried = (np.linalg.norm(np.indices((48, 48, 48)) - np.array([24.5, 23.5, 23.5])[:, None, None, None], axis=0)
+               < 15.0).astype(np.float32)
+    refined = refine_brain_mask(carried, image, band_voxels=2)
+    assert refined.dtype == np.float32 and set(np.unique(refined)) <= {0.0, 1.0}
+    assert _mask_dice(refined > 0.5, brain) > _mask_dice(carried > 0.5, brain) + 0.03
+    assert _mask_dice(refined > 0.5, brain) > 0.95
+    assert np.array_equal(refine_brain_mask(np.zeros_like(carried), image, 2), np.zeros_like(carried))
 
 
 # ----------------------------------------------------------------------------- sanity

@@ -93,9 +93,15 @@ def realigned(prepared: PreparedPair, moving_affine: np.ndarray, matrix: np.ndar
 GridRegister = Callable[[np.ndarray, np.ndarray], "torch.Tensor"]
 
 
+#: the template head deformed onto a head correlates this well with it (NCC around the mask) when
+#: the head is the template itself or an image in its space (ICBM 2009c T1 head: 0.976-0.979;
+#: Colin27's head: 0.89): its mask is then the head's own and is kept as it is
+TEMPLATE_MATCH_NCC = 0.95
+
+
 def strip_for_network(prepared: PreparedPair, side: str, brain_mask: tuple[np.ndarray, np.ndarray],
                       settings: PreprocessSettings, template_head: np.ndarray | None = None,
-                      register: GridRegister | None = None) -> PreparedPair:
+                      register: GridRegister | None = None, refine_edge: bool = True) -> PreparedPair:
     """``prepared`` with the ``side`` (``"moving"`` / ``"fixed"``) image, a head matched against a
     brain, multiplied by its brain mask (brain fraction, its voxel -> world affine: the affine
     stage's template mask) on the model grid and normalised again, so that the network sees two
@@ -103,20 +109,42 @@ def strip_for_network(prepared: PreparedPair, side: str, brain_mask: tuple[np.nd
 
     With ``template_head`` (the template head on the mask's voxels, the same affine fit) and
     ``register``, the mask follows the template head deformed onto the head (a head-to-head
-    registration on the model grid): the outline of this brain, not of an affinely fitted one."""
+    registration on the model grid): the outline of this brain, not of an affinely fitted one.
+    Unless the deformed template matches the head (:data:`TEMPLATE_MATCH_NCC`) or not
+    ``refine_edge``, its edge is then moved onto the head's own brain edge
+    (:func:`~dccnn_deploy.preprocess.brain_mask.refine_brain_mask`)."""
     mask, mask_affine = brain_mask
     transform = prepared.matrix if side == "moving" else None
     on_grid = resample_to_grid(np.asarray(mask, dtype=np.float32), mask_affine, prepared.grid, world_transform=transform)
     head = getattr(prepared, f"{side}_g")
     if template_head is not None and register is not None:
-        import torch
-
-        from dccnn_deploy.ops.warp import warp_gridsample
-
-        template_g = resample_to_grid(np.asarray(template_head, dtype=np.float32), mask_affine, prepared.grid,
-                                      world_transform=transform)
-        template_g = normalised(template_g, settings)
-        forward = register(template_g, head)
-        on_grid = warp_gridsample(torch.from_numpy(on_grid)[None, None], forward, padding="zeros")[0, 0].numpy()
+        on_grid = _carried_mask(on_grid, head, template_head, mask_affine, transform, prepared, settings, register,
+                                refine_edge)
     brain = normalised(head * on_grid, settings)
     return replace(prepared, **{f"{side}_g": brain})
+
+
+def _carried_mask(on_grid: np.ndarray, head: np.ndarray, template_head: np.ndarray, template_affine: np.ndarray,
+                  transform: np.ndarray | None, prepared: PreparedPair, settings: PreprocessSettings,
+                  register: GridRegister, refine_edge: bool) -> np.ndarray:
+    """The template's brain fraction ``on_grid`` deformed with the template head onto ``head``
+    (both on the model grid), its edge refined unless the template matches the head."""
+    import torch
+
+    from dccnn_deploy.metrics import ncc
+    from dccnn_deploy.ops.morphology import dilate
+    from dccnn_deploy.ops.warp import warp_gridsample
+    from dccnn_deploy.preprocess.brain_mask import EDGE_BAND_MM, refine_brain_mask
+
+    template_g = resample_to_grid(np.asarray(template_head, dtype=np.float32), template_affine, prepared.grid,
+                                  world_transform=transform)
+    template_g = normalised(template_g, settings)
+    forward = register(template_g, head)
+    on_grid = warp_gridsample(torch.from_numpy(on_grid)[None, None], forward, padding="zeros")[0, 0].numpy()
+    if not refine_edge:
+        return on_grid
+    deformed = warp_gridsample(torch.from_numpy(template_g)[None, None], forward)[0, 0].numpy()
+    around = dilate(torch.from_numpy(on_grid > 0.5), 3).numpy()
+    if ncc(deformed, head, around) >= TEMPLATE_MATCH_NCC:
+        return on_grid
+    return refine_brain_mask(on_grid, head, max(1, round(EDGE_BAND_MM / settings.spacing_mm)))
