@@ -29,7 +29,7 @@ TEMPLATE_MASK = "icbm2009c_brain_mask_3mm.nii.gz"
 HEAD_LITRES = 2.4  # tissue volume above which an image is a head with skull
 #: half-width (mm) of the shell around a carried brain mask's edge that :func:`refine_brain_mask`
 #: re-decides (Colin27 head on the 2 mm model grid: mask Dice against its BET mask 0.963 -> 0.977
-#: at 4 mm, 0.974 at 2 mm; docs/benchmarks.md)
+#: at 4 mm, 0.974 at 2 mm, 0.975 at 6 mm; docs/method.md)
 EDGE_BAND_MM = 4.0
 #: smoothing (voxels) of the re-decided mask before it is thresholded: no one-voxel spurs
 EDGE_SMOOTHING = 0.7
