@@ -39,6 +39,19 @@ def test_map_contrast_turns_an_inverted_contrast_into_the_fixed_one():
     assert np.array_equal(mapped[labels == 0], t2[labels == 0])  # background untouched
 
 
+def test_an_inverted_images_darkest_tissue_is_mapped_not_left_as_background():
+    """Inverting an image (max - value) makes its brightest tissue about as dark as the
+    background; enclosed by brighter tissue, it is still tissue and gets the fixed contrast."""
+    labels, rng = _tissues()
+    t1 = _paint(labels, [0.0, 0.25, 0.55, 0.98], rng, noise=0.005)
+    inverted = np.where(labels > 0, 1.0 - t1, 0.0).astype(np.float32)  # white matter ~0.02 < 0.05
+    assert np.median(inverted[labels == 3]) < 0.05
+    mapped, kind = map_contrast(inverted, t1)
+    assert kind == "rank (decreasing)"
+    assert abs(float(np.median(mapped[labels == 3])) - 0.98) < 0.05  # white matter bright again
+    assert np.array_equal(mapped[labels == 0], inverted[labels == 0])  # background untouched
+
+
 def test_pipeline_maps_only_different_contrasts_and_then_runs_all_passes():
     labels, rng = _tissues()
     t1 = _paint(labels, [0.0, 0.25, 0.55, 0.9], rng)
