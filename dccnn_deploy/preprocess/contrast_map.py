@@ -95,7 +95,12 @@ def tissue_mask(image: np.ndarray, threshold: float) -> np.ndarray:
     (inverted donor pairs: contrast agreement 0.74 -> 0.81, DK Dice +0.01; docs/benchmarks.md)."""
     from scipy import ndimage
 
-    return ndimage.binary_fill_holes(np.asarray(image) > threshold)
+    above = np.asarray(image) > threshold
+    box = ndimage.find_objects(above.astype(np.uint8))  # holes lie inside the tissue's bounding box
+    if not box:
+        return above
+    above[box[0]] = ndimage.binary_fill_holes(above[box[0]])
+    return above
 
 
 def map_contrast(moving: np.ndarray, fixed: np.ndarray, threshold: float = 0.05,
