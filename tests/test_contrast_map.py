@@ -5,9 +5,10 @@ from __future__ import annotations
 import types
 
 import numpy as np
+import pytest
 import torch
 
-from dccnn_deploy.preprocess.contrast_map import map_contrast
+from dccnn_deploy.preprocess.contrast_map import fit_contrast_map, map_contrast
 from dccnn_deploy.registration.pipeline import _network_input, _passes
 from dccnn_deploy.similarity import SAME_CONTRAST_MIN_CORRELATION, contrast_agreement
 
@@ -50,6 +51,29 @@ def test_an_inverted_images_darkest_tissue_is_mapped_not_left_as_background():
     assert kind == "rank (decreasing)"
     assert abs(float(np.median(mapped[labels == 3])) - 0.98) < 0.05  # white matter bright again
     assert np.array_equal(mapped[labels == 0], inverted[labels == 0])  # background untouched
+
+
+def test_no_monotone_fit_gives_a_local_map_that_tells_apart_tissues_of_one_intensity():
+    """One moving intensity (0.5) is two fixed tissues (0.2 on the left, 0.45 on the right), and
+    the relation is not monotone (0.2 -> 0.9, 0.5 -> 0.2 / 0.45, 0.8 -> 0.9): a single
+    E[fixed | moving] gives both ~0.33; the local map gives each its own."""
+    rng = np.random.default_rng(0)
+    moving, fixed = np.zeros((2, 40, 40, 40), dtype=np.float32)
+    tissue = (slice(4, 36),) * 3
+    z = np.arange(40)[None, None, :]
+    x = np.arange(40)[:, None, None]
+    for image, values in ((moving, (0.2, 0.5, 0.5, 0.8)), (fixed, (0.9, 0.2, 0.45, 0.9))):
+        painted = np.select([z < 14, (z < 26) & (x < 20), z < 26, z >= 26], values, 0.0) + np.zeros((40, 40, 40))
+        image[tissue] = (painted + rng.normal(0, 0.01, painted.shape))[tissue]
+    fitted = fit_contrast_map(moving, fixed)
+    assert fitted.kind == "local conditional mean" and fitted.grid_only
+    mapped = fitted(moving)
+    middle = (slice(None), slice(4, 36), slice(16, 24))
+    left, right = mapped[middle][4:12], mapped[middle][28:36]
+    assert abs(float(np.median(left)) - 0.2) < 0.07 and abs(float(np.median(right)) - 0.45) < 0.07
+    assert np.array_equal(mapped[:4], moving[:4])  # background untouched
+    with pytest.raises(ValueError, match="its own grid"):
+        fitted(moving[:20])
 
 
 def test_pipeline_maps_only_different_contrasts_and_then_runs_all_passes():
