@@ -55,7 +55,7 @@ Progress = Callable[[str], None]
 #: well: same-contrast pairs measure 0.79-0.82, ICBM T2 mapped onto Colin27 T1 0.74 (5 passes:
 #: brain-mask Dice 0.976 vs 0.970 with 1); a donor pair painted with independent random
 #: contrasts 0.49 under one global conditional mean (5 passes: DK Dice 0.407, 1 pass 0.406, at 5x
-#: the network time), 0.87-0.89 under the local one (5 passes: 0.458 / 0.440, 1 pass 0.432 / 0.415)
+#: the network time), 0.87-0.89 under the local one (5 passes: 0.458 / 0.440, 1 pass 0.436 / 0.416)
 MAPPED_MIN_AGREEMENT = 0.6
 
 __all__ = ["RegisterOptions", "Stages", "run", "register_files", "open_model", "prepare_pair", "PreparedPair", "Progress"]
