@@ -76,6 +76,21 @@ def test_no_monotone_fit_gives_a_local_map_that_tells_apart_tissues_of_one_inten
         fitted(moving[:20])
 
 
+def test_a_monotone_map_that_leaves_the_pair_disagreeing_gives_way_to_the_local_map(monkeypatch):
+    labels, rng = _tissues()
+    t1 = _paint(labels, [0.0, 0.25, 0.55, 0.9], rng)
+    t2 = _paint(labels, [0.0, 0.95, 0.6, 0.3], rng)
+    assert fit_contrast_map(t2, t1).kind == "rank (decreasing)"
+    assert fit_contrast_map(t2, t1, monotone=False).kind == "local conditional mean"
+    import dccnn_deploy.similarity as similarity
+
+    verdicts = iter([-0.5, 0.1, 0.8])  # before; after the rank map (still disagreeing); after the local map
+    monkeypatch.setattr(similarity, "contrast_agreement", lambda *_: next(verdicts))
+    mapped, info, fitted = _network_input(types.SimpleNamespace(moving_g=t2, fixed_g=t1))
+    assert info == {"agreement": -0.5, "mapped": True, "map": "local conditional mean", "agreement_after": 0.8}
+    assert fitted.grid_only and np.array_equal(mapped, fitted(t2))
+
+
 def test_pipeline_maps_only_different_contrasts_and_then_runs_all_passes():
     labels, rng = _tissues()
     t1 = _paint(labels, [0.0, 0.25, 0.55, 0.9], rng)

@@ -70,12 +70,13 @@ class ContrastMap:
 
 
 def fit_contrast_map(moving: np.ndarray, fixed: np.ndarray, threshold: float = 0.05,
-                     bins: int = CONTRAST_BINS, knots: int = LOOKUP_KNOTS) -> ContrastMap | LocalContrastMap:
+                     bins: int = CONTRAST_BINS, knots: int = LOOKUP_KNOTS,
+                     monotone: bool = True) -> ContrastMap | LocalContrastMap:
     """The map taking ``moving`` (normalised, on the fixed image's grid after the affine) into
     ``fixed``'s contrast: ``E[fixed | moving]`` over the joint tissue (both :func:`tissue_mask` at
     ``threshold``), or, where a monotone map explains as much (:func:`monotone_direction`), the
     fixed intensity of the same rank; then stretched to the fixed tissue's distribution. Where no
-    monotone map fits, the conditional mean is local (:class:`LocalContrastMap`)."""
+    monotone map fits (or not ``monotone``), the conditional mean is local (:class:`LocalContrastMap`)."""
     moving = np.asarray(moving, dtype=np.float32)
     fixed = np.asarray(fixed, dtype=np.float32)
     none = ContrastMap(np.zeros(0), np.zeros(0), "none", threshold)
@@ -92,7 +93,7 @@ def fit_contrast_map(moving: np.ndarray, fixed: np.ndarray, threshold: float = 0
         return none
     centres = 0.5 * (edges[:-1] + edges[1:])
     means = sums[valid] / counts[valid]
-    direction = monotone_direction(means, counts[valid], fixed[joint])
+    direction = monotone_direction(means, counts[valid], fixed[joint]) if monotone else 0
     qs = np.linspace(0.0, 1.0, QUANTILES)
     target = np.quantile(fixed[fixed_tissue], qs)
     if not direction:

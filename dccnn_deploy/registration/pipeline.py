@@ -159,7 +159,8 @@ def _network_input(prepared: PreparedPair, moving_affine: np.ndarray | None = No
     :data:`~dccnn_deploy.similarity.SAME_CONTRAST_MIN_CORRELATION`), the moving image mapped into
     the fixed image's contrast (:func:`~dccnn_deploy.preprocess.contrast_map.fit_contrast_map`),
     at its own resolution before resampling (``prepared.moving_n``) when ``moving_affine`` (its
-    voxel -> world affine) is given. Third: the fitted
+    voxel -> world affine) is given; when a monotone (rank) map leaves the pair still disagreeing
+    (Colin27 T1 head -> ICBM T2 head: -0.19 -> -0.14), the local conditional mean instead. Third: the fitted
     :class:`~dccnn_deploy.preprocess.contrast_map.ContrastMap`, or None when nothing was mapped."""
     from dccnn_deploy.preprocess.contrast_map import fit_contrast_map
     from dccnn_deploy.similarity import SAME_CONTRAST_MIN_CORRELATION, contrast_agreement
@@ -174,7 +175,12 @@ def _network_input(prepared: PreparedPair, moving_affine: np.ndarray | None = No
         mapped = moving_on_grid(fitted(prepared.moving_n), moving_affine, prepared)
     else:
         mapped = fitted(prepared.moving_g)
-    info.update(mapped=True, map=fitted.kind, agreement_after=round(contrast_agreement(torch.from_numpy(mapped), fixed), 4))
+    after = contrast_agreement(torch.from_numpy(mapped), fixed)
+    if after < SAME_CONTRAST_MIN_CORRELATION and not fitted.grid_only:  # a monotone map that does not fit
+        fitted = fit_contrast_map(prepared.moving_g, prepared.fixed_g, monotone=False)
+        mapped = fitted(prepared.moving_g)
+        after = contrast_agreement(torch.from_numpy(mapped), fixed)
+    info.update(mapped=True, map=fitted.kind, agreement_after=round(after, 4))
     return mapped, info, fitted
 
 
