@@ -17,7 +17,7 @@ several fixed tissues, and a single ``E[fixed | moving]`` blurs them together; t
 is then taken **locally** (:class:`LocalContrastMap`: one table per node of a 16 mm lattice,
 blended trilinearly, each shrunk towards the global table), where fewer tissues share an
 intensity (donors painted with independent contrasts: DK Dice 0.426 / 0.412 -> 0.459 / 0.440;
-ICBM T2 head <-> Colin27 T1 head +0.001 / +0.005). So the network,
+ICBM T2 head <-> Colin27 T1 head +0.003 / +0.006). So the network,
 trained mostly on pairs of one contrast, runs on a pair of one contrast, with all its passes. Only
 the network's input changes: the written images keep their own intensities.
 """
