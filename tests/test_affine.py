@@ -11,9 +11,16 @@ import torch
 from scipy import ndimage
 
 from dccnn_deploy.io import Volume
-from dccnn_deploy.preprocess.affine import register_affine
+from dccnn_deploy.preprocess.affine import _inside, register_affine
 from dccnn_deploy.metrics import dice
-from dccnn_deploy.preprocess.brain_mask import HEAD_LITRES, has_skull, load_template, refine_brain_mask, tissue_litres
+from dccnn_deploy.preprocess.brain_mask import (
+    HEAD_LITRES,
+    has_skull,
+    load_template,
+    refine_brain_mask,
+    template_in_image_space,
+    tissue_litres,
+)
 from dccnn_deploy.preprocess.grid import Grid, apply_affine, model_grid, resample_to_grid
 from dccnn_deploy.preprocess.mutual_information import (
     FixedParzen, mattes_mi, mutual_information, mutual_information_from_weights, parzen_weights)
@@ -202,6 +209,30 @@ def test_head_to_brain_strips_the_skull_of_the_head():
     refined = strip_for_network(pair, "fixed", back.brain_mask, settings, back.template_head, misfit)
     brain_g = resample_to_grid((mask > 0.5).astype(np.float32), affine, pair.grid, world) > 0.5
     assert _mask_dice(refined.fixed_g > 0, brain_g) > _mask_dice(shifted.fixed_g > 0, brain_g) + 0.01
+
+
+def test_template_fit_is_redone_on_the_region_around_its_first_brain_mask():
+    """The second template fit reads only the head's voxels near the first fit's brain mask (not
+    the face, neck and shoulders), and the MI level reads only voxels inside such a region."""
+    head, mask, affine = load_template()
+    regions = []
+
+    def register(template, template_affine, image, image_affine, region):
+        regions.append(region)
+        return np.eye(4)
+
+    carried, _ = template_in_image_space(head, affine, register)
+    assert regions[0] is None and regions[1].dtype == bool and regions[1].shape == head.shape
+    brain = mask > 0.5
+    assert regions[1][brain].all() and not regions[1].all()
+    assert regions[1].sum() < 2.5 * brain.sum()  # ~15 mm around the brain, not the whole head
+    assert np.allclose(carried, mask, atol=1e-5)
+
+    grid = Grid((6, 5, 4), np.diag([2.0, 2.0, 2.0, 1.0]))
+    region = np.zeros((12, 10, 8), dtype=bool)
+    region[:6] = True  # world x < 12 mm: grid voxels with i < 3 (x = 2 i)
+    inside = _inside((region, np.eye(4)), grid).reshape(grid.shape)
+    assert inside[:3].all() and not inside[3:].any()
 
 
 def _mask_dice(a: np.ndarray, b: np.ndarray) -> float:

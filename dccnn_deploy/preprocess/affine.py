@@ -196,10 +196,12 @@ class _Level:
 
     The optimisation reads at most ``max_points`` random voxels of the grid (a fixed subset, as
     ITK's random sampling) and maximises ``cost`` there (NCC, or Mattes MI with the fixed
-    values' Parzen weights computed once); :meth:`full_similarity` reads them all.
+    values' Parzen weights computed once); :meth:`full_similarity` reads them all. ``region``
+    (a bool array and its voxel -> world affine): only the grid voxels on its true voxels are read.
     """
 
-    def __init__(self, fixed: _Volume, moving: _Volume, spacing_mm: float, max_points: int, cost: str):
+    def __init__(self, fixed: _Volume, moving: _Volume, spacing_mm: float, max_points: int, cost: str,
+                 region: tuple[np.ndarray, np.ndarray] | None = None):
         self.grid: Grid = bounding_grid(fixed.corners, spacing_mm, _MARGIN_MM)
         fixed_data, fixed_affine = _level_volume(fixed, spacing_mm)
         to_fixed = torch.as_tensor(voxel_transform(fixed_affine, self.grid))
@@ -208,6 +210,8 @@ class _Level:
         self._world_to_moving = torch.as_tensor(np.linalg.inv(self.moving_affine))
         grid_affine = torch.as_tensor(np.array(self.grid.affine))
         keep = torch.arange(self.fixed.numel())
+        if region is not None:  # only the fixed voxels inside the region: (bool array, its voxel -> world affine)
+            keep = keep[torch.from_numpy(_inside(region, self.grid))]
         if keep.numel() > max_points:  # sorted: memory-order reads in the moving volume
             keep = torch.randperm(keep.numel(), generator=torch.Generator().manual_seed(0))[:max_points].sort().values
         voxels = identity_grid(self.grid.shape, dtype=torch.float64).reshape(3, -1)[:, keep].T
@@ -412,8 +416,10 @@ def _align(
     progress: Progress | None,
     max_points: int,
     patience: int,
+    region: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> tuple[torch.Tensor, _Level, int]:
-    """Coarse-to-fine optimisation: the 12 parameters, the finest level and the steps taken."""
+    """Coarse-to-fine optimisation: the 12 parameters, the finest level and the steps taken
+    (``region``: only the fixed voxels inside it count, see :class:`_Level`)."""
     centres = (torch.as_tensor(fixed.centre), torch.as_tensor(moving.centre))
     rigid_mask = _RIGID if dof == "rigid" else None
     params = torch.zeros(12, dtype=torch.float64)
@@ -421,7 +427,7 @@ def _align(
     for index, (spacing, steps) in enumerate(zip(levels, iterations)):
         if progress is not None:
             progress(f"affine level {index + 1}/{len(levels)}: {spacing:g} mm", index / len(levels))
-        level = _Level(fixed, moving, spacing, max_points, cost)
+        level = _Level(fixed, moving, spacing, max_points, cost, region)
         lr = 0.15 * spacing
         if index == 0:
             params = _coarse_search(level, centres, steps, lr, rigid_mask, patience)
@@ -431,12 +437,27 @@ def _align(
     return params, level, total
 
 
-def _template_to(template: np.ndarray, template_affine: np.ndarray, image: np.ndarray, affine: np.ndarray) -> np.ndarray:
-    """Image world -> template world (4x4): the template head registered to a head, by MI."""
+def _inside(region: tuple[np.ndarray, np.ndarray], grid: Grid) -> np.ndarray:
+    """Which voxels of ``grid`` (flat, C order) fall on a true voxel of ``region`` (a bool array and
+    its voxel -> world affine; nearest voxel, outside it: False)."""
+    mask, affine = region
+    world = apply_affine(np.array(grid.affine), np.indices(grid.shape).reshape(3, -1).T.astype(np.float64))
+    voxels = np.rint(apply_affine(np.linalg.inv(affine), world)).astype(np.int64)
+    within = np.all((voxels >= 0) & (voxels < np.array(mask.shape)), axis=1)
+    inside = np.zeros(len(voxels), dtype=bool)
+    inside[within] = mask[tuple(voxels[within].T)]
+    return inside
+
+
+def _template_to(template: np.ndarray, template_affine: np.ndarray, image: np.ndarray, affine: np.ndarray,
+                 region: np.ndarray | None = None) -> np.ndarray:
+    """Image world -> template world (4x4): the template head registered to a head, by MI, on the
+    head's voxels in ``region`` (bool, the image's shape; None: all)."""
     moving = _describe(template, template_affine)
     fixed = _describe(image, affine)
     levels, iterations = _TEMPLATE_LEVELS
-    params, _, _ = _align(moving, fixed, levels, iterations, "affine", "mi", None, 20_000, 10)
+    params, _, _ = _align(moving, fixed, levels, iterations, "affine", "mi", None, 20_000, 10,
+                          None if region is None else (region, affine))
     with torch.no_grad():
         matrix = parameters_to_matrix(params, torch.as_tensor(fixed.centre), torch.as_tensor(moving.centre))
     return matrix.numpy().copy()
