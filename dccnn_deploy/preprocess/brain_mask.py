@@ -44,9 +44,9 @@ TISSUE_LEVEL = 0.1  # "tissue": above this fraction of the robust [0, 1] intensi
 #: the second template fit reads only the head's voxels within this distance (mm) of the first fit's
 #: brain mask: the face, neck and shoulders, which the template does not share with every head, no
 #: longer pull the fit (ROBEX's head at 1.5 mm: carried mask Dice against its own mask 0.842 ->
-#: 0.912, 0.898 / 0.917 / 0.928 at 6 / 10 / 20 mm; Colin27 0.943 -> 0.936-0.941; final head <->
-#: brain Dice ROBEX +0.06-0.07, Colin27 / ICBM within 0.0003; docs/benchmarks.md)
-TEMPLATE_REGION_MM = 15.0
+#: 0.898 / 0.917 / 0.912 / 0.928 at 6 / 10 / 15 / 20 mm; Colin27 0.943 -> 0.936-0.941; final head <->
+#: brain Dice ROBEX +0.06-0.08, Colin27 / ICBM within 0.0003; docs/benchmarks.md)
+TEMPLATE_REGION_MM = 20.0
 
 # template head + affine, image (D, H, W) in [0, 1] + affine, and a region of the image's voxels
 # (bool, same shape) or None -> 4x4 image world -> template world
