@@ -61,6 +61,18 @@ def test_inputs_as_nibabel_image_or_array_give_the_same_result(study, result):
     assert from_images.metrics["fixed"] == "<fixed array>"
 
 
+def test_an_image_inverted_as_a_whole_registers_like_the_original(study, result):
+    moving = nib.load(str(study["moving"]))
+    data = np.asarray(moving.dataobj, dtype=np.float32)
+    inverted = dd.register((data.max() - data, moving.affine), study["fixed"], model=study["model"])
+    assert inverted.metrics["bright_background_inverted"] == ["moving"]
+    assert result.metrics["bright_background_inverted"] == []
+    assert np.allclose(inverted.transform.forward, result.transform.forward, atol=1e-3)
+    moved, original = _data(inverted.moved), _data(result.moved)
+    inside = original > 0.1 * original.max()  # the written image keeps its own (inverted) intensities
+    assert np.corrcoef(moved[inside], original[inside])[0, 1] < -0.99
+
+
 def test_apply_matches_the_moved_outputs(study, result):
     assert np.array_equal(_data(result.apply(study["moving"])), _data(result.moved))
     labels = result.apply(nib.load(str(study["moving_labels"])), labels=True)

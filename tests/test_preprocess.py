@@ -20,6 +20,8 @@ from dccnn_deploy.preprocess.grid import (
     model_grid,
     resample_to_grid,
 )
+from dccnn_deploy.io import Volume
+from dccnn_deploy.preprocess.background import bright_background, with_dark_background
 from dccnn_deploy.preprocess.intensity import foreground_mask, normalise_intensity
 from phantoms import CENTRE, grid_points, lia_affine, phantom, rotation
 
@@ -140,6 +142,20 @@ def test_normalise_intensity_ranges():
     assert np.all(normalise_intensity(np.full((4, 4, 4), 3.0)) == 0.0)
     mask = foreground_mask(out)
     assert mask[5:15, 5:15, 5:15].mean() > 0.85 and not mask[data == 0].any()
+
+
+def test_a_bright_background_is_found_in_the_corners_and_made_dark(fixed_head):
+    data = fixed_head[0] * 300.0 + np.random.default_rng(0).normal(0.0, 2.0, fixed_head[0].shape).astype(np.float32)
+    volume = Volume(data, fixed_head[1].affine)
+    assert bright_background(data) is None and with_dark_background(volume) == (volume, False)
+    inverted = data.max() - data  # a whole-image inversion: the air the brightest
+    assert bright_background(inverted) == pytest.approx(data.max(), abs=5.0)
+    dark, flipped = with_dark_background(Volume(inverted, volume.affine, "x.nii"))
+    assert flipped and dark.path == "x.nii" and dark.data.min() >= 0.0
+    assert np.corrcoef(dark.data.ravel(), data.ravel())[0, 1] > 0.999  # the original contrast back
+    slab = data[:, :, 20:28]  # a thin slab: its top and bottom faces mostly tissue, its corners air
+    assert np.mean(slab[:, :, 0] > 0.2 * slab.max()) > 0.5 and bright_background(slab) is None
+    assert bright_background(np.full((8, 8, 8), 5.0, np.float32)) is None
 
 
 # ----------------------------------------------------------------------------- affine

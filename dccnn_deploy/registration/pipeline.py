@@ -1,6 +1,7 @@
 """The registration pipeline, one stage after another, then the outputs.
 
 1. load and validate both images (and label maps);           ``io``, ``registration.inputs``
+   an image with a bright background (inverted) is worked on inverted back; ``preprocess.background``
 2. affine pre-alignment in world coordinates;                 ``preprocess.affine``
 3. resampling onto the model grid + intensity normalisation;  ``registration.prepare``
 4. the network (any backend) -> forward / inverse fields;     ``runtime``
@@ -29,6 +30,7 @@ from dccnn_deploy import __version__
 from dccnn_deploy.io import InputError, Volume, check_outputs_free
 from dccnn_deploy.models import resolve_backend
 from dccnn_deploy.preprocess.affine import register_affine
+from dccnn_deploy.preprocess.background import with_dark_background
 from dccnn_deploy.preprocess.settings import DEFAULT_GRID, DEFAULT_SPACING_MM, PreprocessSettings
 from dccnn_deploy.registration.inputs import ImageLike, to_volume
 from dccnn_deploy.registration.outputs import output_files, select_outputs
@@ -266,6 +268,11 @@ def run(moving: ImageLike, fixed: ImageLike, opts: RegisterOptions | None = None
     say("loading images")
     moving_v, fixed_v = stages.run("load", lambda: (to_volume(moving, "image", "moving"), to_volume(fixed, "image", "fixed")))
     labels = _labels(opts, moving_v, fixed_v)
+    (moving_w, moving_flipped), (fixed_w, fixed_flipped) = stages.run(
+        "background", lambda: (with_dark_background(moving_v), with_dark_background(fixed_v)))
+    flipped = [side for side, f in (("moving", moving_flipped), ("fixed", fixed_flipped)) if f]
+    if flipped:
+        say(f"bright background ({' and '.join(flipped)}): registering the inverted image")
     if opts.model is not None:
         say("loading the model")
     network = stages.run("load_model", _open, opts) if opts.model is not None else None
@@ -273,13 +280,13 @@ def run(moving: ImageLike, fixed: ImageLike, opts: RegisterOptions | None = None
 
     say("affine pre-alignment")
     if opts.affine:
-        aff = stages.run("affine", register_affine, moving_v.data, moving_v.affine, fixed_v.data, fixed_v.affine)
+        aff = stages.run("affine", register_affine, moving_w.data, moving_w.affine, fixed_w.data, fixed_w.affine)
         matrix, affine_info = aff.matrix, _affine_record(aff)
     else:
         matrix, affine_info = np.eye(4), {"skipped": True}
 
     say("resampling to the model grid")
-    prepared = stages.run("resample", prepare_pair, moving_v, fixed_v, matrix, settings,
+    prepared = stages.run("resample", prepare_pair, moving_w, fixed_w, matrix, settings,
                           network.fit_divisor if network else None)
     say(f"network ({network.backend.name})" if network else "no network: refinement from the identity")
     network_pair = prepared
@@ -293,7 +300,7 @@ def run(moving: ImageLike, fixed: ImageLike, opts: RegisterOptions | None = None
         "contrast", _network_input, network_pair, moving_v.affine if native else None)
     if opts.affine and network_pair is prepared and contrast_map is not None and contrast_map.kind.startswith("rank"):
         say("affine pre-alignment again, on the contrast-mapped moving image")
-        aff, prepared, moving_in = stages.run("affine_refit", _refit_affine, moving_v, fixed_v, prepared, contrast_map)
+        aff, prepared, moving_in = stages.run("affine_refit", _refit_affine, moving_w, fixed_w, prepared, contrast_map)
         network_pair, matrix = prepared, aff.matrix
         affine_info = {**_affine_record(aff), "refit_on_mapped_contrast": True}
     passes = _passes(opts, network, contrast, refine_cfg.passes)
@@ -320,6 +327,7 @@ def run(moving: ImageLike, fixed: ImageLike, opts: RegisterOptions | None = None
         "device": opts.device,
         "passes": passes if network else 0,
         "contrast": contrast,
+        "bright_background_inverted": flipped,
         "network_input_stripped": [] if network_pair is prepared else list(aff.stripped),
         "refine_iterations": refine_cfg.total_iterations,
         "refine": refine_info,
@@ -327,7 +335,7 @@ def run(moving: ImageLike, fixed: ImageLike, opts: RegisterOptions | None = None
         "affine": affine_info,
         "inputs": inputs,
         "options": options_record(opts),
-        "warnings": affine_sanity(matrix, moving_v, fixed_v) + (similarity_warnings(aff.mi_before, aff.mi_after)
+        "warnings": affine_sanity(matrix, moving_w, fixed_w) + (similarity_warnings(aff.mi_before, aff.mi_after)
                                                               + overlap_warnings(aff.overlap) if opts.affine else [])
                     + final_warnings(mi),
         "sanity": {"mutual_information": mi},
