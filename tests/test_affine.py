@@ -17,6 +17,7 @@ from dccnn_deploy.preprocess.brain_mask import (
     HEAD_LITRES,
     has_skull,
     load_template,
+    load_template_t2,
     refine_brain_mask,
     template_in_image_space,
     tissue_litres,
@@ -179,6 +180,8 @@ def test_head_to_brain_strips_the_skull_of_the_head():
     pair = prepare_pair(Volume(brain, affine), Volume(moved_head, affine), back.matrix, settings)
     stripped = strip_for_network(pair, "fixed", back.brain_mask, settings)
     assert np.array_equal(stripped.moving_g, pair.moving_g)
+    on_grid = resample_to_grid(mask_image, mask_affine, pair.grid)  # a hard edge: nothing dimmed, nothing kept outside
+    assert not stripped.fixed_g[on_grid <= 0.5].any() and stripped.fixed_g[on_grid > 0.5].mean() > 0.2
     true_brain = resample_to_grid((mask > 0.5).astype(np.float32), affine, pair.grid, world) > 0.5
     outside = ~ndimage.binary_dilation(true_brain, iterations=2)
     assert pair.fixed_g[outside].mean() > 4 * stripped.fixed_g[outside].mean()  # scalp and skull gone
@@ -202,9 +205,9 @@ def test_head_to_brain_strips_the_skull_of_the_head():
     shifted = strip_for_network(pair, "fixed", back.brain_mask, settings, back.template_head, misfit,
                                 refine_edge=False)
     mask_g = resample_to_grid(mask_image, mask_affine, pair.grid)
-    expected = pair.fixed_g * np.concatenate([mask_g[3:], np.zeros_like(mask_g[:3])])  # mask(x + 3 e_0)
+    expected = pair.fixed_g * (np.concatenate([mask_g[3:], np.zeros_like(mask_g[:3])]) > 0.5)  # mask(x + 3 e_0)
     inside = (slice(2, -5),) * 3  # away from the cut-off planes
-    assert np.corrcoef(shifted.fixed_g[inside].ravel(), expected[inside].ravel())[0, 1] > 0.999
+    assert np.corrcoef(shifted.fixed_g[inside].ravel(), expected[inside].ravel())[0, 1] > 0.99  # hard edges: voxels at 0.5 fall either side
     # a template that does not match the head: the mask's edge moves towards the head's own brain edge
     refined = strip_for_network(pair, "fixed", back.brain_mask, settings, back.template_head, misfit)
     brain_g = resample_to_grid((mask > 0.5).astype(np.float32), affine, pair.grid, world) > 0.5
@@ -227,7 +230,19 @@ def test_template_fit_is_redone_on_the_region_around_its_first_brain_mask():
     assert regions[1][brain].all() and not regions[1].all()
     assert regions[1].sum() < 3.5 * brain.sum()  # ~20 mm around the brain, not the whole head
     assert np.allclose(carried, mask, atol=1e-5)
+    assert np.allclose(template_in_image_space(head, affine, register)[1], head, atol=1e-5)  # a T1 head: T1
 
+
+def test_a_t2_head_gets_the_templates_t2_head():
+    """The template head deformed onto a head is the template's T2 head where that correlates better."""
+    head, mask, affine = load_template()
+    t2 = load_template_t2()
+    assert t2.shape == head.shape and np.corrcoef(t2[mask > 0.5], head[mask > 0.5])[0, 1] < 0
+    _, chosen = template_in_image_space(t2, affine, lambda *args: np.eye(4))
+    assert np.allclose(chosen, t2, atol=1e-5)
+
+
+def test_region_lookup_on_another_grid():
     grid = Grid((6, 5, 4), np.diag([2.0, 2.0, 2.0, 1.0]))
     region = np.zeros((12, 10, 8), dtype=bool)
     region[:6] = True  # world x < 12 mm: grid voxels with i < 3 (x = 2 i)

@@ -26,6 +26,9 @@ from dccnn_deploy.preprocess.grid import Grid, resample_to_grid
 
 TEMPLATE_DIR = Path(__file__).resolve().parents[1] / "data" / "template"
 TEMPLATE_HEAD = "icbm2009c_t1_head_3mm.nii.gz"
+#: the template's T2 head (same grid): deformed onto a T2 head in place of the T1 head, whose
+#: contrast the network does not translate (synthetic ICBM T2 head -> ICBM brain: docs/benchmarks.md)
+TEMPLATE_T2_HEAD = "icbm2009c_t2_head_3mm.nii.gz"
 TEMPLATE_MASK = "icbm2009c_brain_mask_3mm.nii.gz"
 HEAD_LITRES = 2.4  # tissue volume above which an image is a head with skull
 #: half-width (mm) of the shell around a carried brain mask's edge that :func:`refine_brain_mask`
@@ -71,8 +74,19 @@ def load_template() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
     head = nib.load(str(TEMPLATE_DIR / TEMPLATE_HEAD))
     mask = nib.load(str(TEMPLATE_DIR / TEMPLATE_MASK))
-    to_unit = lambda img: np.asarray(img.dataobj, dtype=np.float32) / 255.0  # noqa: E731
-    return to_unit(head), to_unit(mask), np.asarray(head.affine, dtype=np.float64)
+    return _to_unit(head), _to_unit(mask), np.asarray(head.affine, dtype=np.float64)
+
+
+@lru_cache(maxsize=1)
+def load_template_t2() -> np.ndarray:
+    """The bundled template's T2 head in ``[0, 1]`` (float32), on :func:`load_template`'s grid."""
+    import nibabel as nib
+
+    return _to_unit(nib.load(str(TEMPLATE_DIR / TEMPLATE_T2_HEAD)))
+
+
+def _to_unit(img) -> np.ndarray:
+    return np.asarray(img.dataobj, dtype=np.float32) / 255.0
 
 
 def template_brain_mask(normalised: np.ndarray, affine: np.ndarray, register: Register) -> np.ndarray:
@@ -89,9 +103,11 @@ def template_in_image_space(normalised: np.ndarray, affine: np.ndarray, register
                             ) -> tuple[np.ndarray, np.ndarray]:
     """The template's brain fraction and head ``[0, 1]`` (float32, the image's shape) carried onto a
     head image through ``register`` (see :func:`template_brain_mask`): fitted on the whole image,
-    then again on its voxels within :data:`TEMPLATE_REGION_MM` of the first fit's brain mask."""
+    then again on its voxels within :data:`TEMPLATE_REGION_MM` of the first fit's brain mask. The
+    head is the template's T1 or T2 head, whichever correlates better with the image there."""
     import torch
 
+    from dccnn_deploy.metrics import ncc
     from dccnn_deploy.ops.morphology import dilate
 
     head, mask, template_affine = load_template()
@@ -101,8 +117,8 @@ def template_in_image_space(normalised: np.ndarray, affine: np.ndarray, register
     radius = max(1, round(TEMPLATE_REGION_MM / float(np.mean(voxel_spacing(affine)))))
     region = dilate(torch.from_numpy(first), radius).numpy()
     matrix = register(head, template_affine, normalised, affine, region)
-    return (resample_to_grid(mask, template_affine, grid, matrix),
-            resample_to_grid(head, template_affine, grid, matrix))
+    heads = [resample_to_grid(h, template_affine, grid, matrix) for h in (head, load_template_t2())]
+    return resample_to_grid(mask, template_affine, grid, matrix), max(heads, key=lambda h: ncc(h, normalised, region))
 
 
 def refine_brain_mask(fraction: np.ndarray, image: np.ndarray, band_voxels: int) -> np.ndarray:
