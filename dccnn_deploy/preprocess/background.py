@@ -33,17 +33,18 @@ def corner_level(data: np.ndarray) -> float:
     medians = []
     for corner in np.ndindex(2, 2, 2):
         block = tuple(slice(n - s, n) if high else slice(0, s) for n, s, high in zip(data.shape, sizes, corner))
-        medians.append(float(np.median(data[block])))
+        medians.append(float(np.median(np.nan_to_num(np.asarray(data[block], dtype=np.float32)))))
     return float(np.median(medians))
 
 
 def bright_background(data: np.ndarray) -> float | None:
     """The background level when it is brighter than :data:`BRIGHT_SHARE` of the robust range
-    (an inverted image), else None (the usual dark background)."""
-    data = np.nan_to_num(np.asarray(data, dtype=np.float32))
+    (an inverted image), else None (the usual dark background). Reads the corners and every
+    third voxel along each axis (256^3: ~0.03 s)."""
+    data = np.asarray(data)
     if data.ndim != 3 or min(data.shape) < 4:
         return None
-    lo, hi = np.percentile(data[::2, ::2, ::2], RANGE_PERCENTILES)
+    lo, hi = np.percentile(np.nan_to_num(np.asarray(data[::3, ::3, ::3], dtype=np.float32)), RANGE_PERCENTILES)
     level = corner_level(data)
     if hi <= lo or (level - lo) / (hi - lo) <= BRIGHT_SHARE:
         return None
