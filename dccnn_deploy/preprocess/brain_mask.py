@@ -107,7 +107,6 @@ def template_in_image_space(normalised: np.ndarray, affine: np.ndarray, register
     head is the template's T1 or T2 head, whichever correlates better with the image there."""
     import torch
 
-    from dccnn_deploy.metrics import ncc
     from dccnn_deploy.ops.morphology import dilate
 
     head, mask, template_affine = load_template()
@@ -117,8 +116,26 @@ def template_in_image_space(normalised: np.ndarray, affine: np.ndarray, register
     radius = max(1, round(TEMPLATE_REGION_MM / float(np.mean(voxel_spacing(affine)))))
     region = dilate(torch.from_numpy(first), radius).numpy()
     matrix = register(head, template_affine, normalised, affine, region)
-    heads = [resample_to_grid(h, template_affine, grid, matrix) for h in (head, load_template_t2())]
-    return resample_to_grid(mask, template_affine, grid, matrix), max(heads, key=lambda h: ncc(h, normalised, region))
+    head = _closer_head((head, load_template_t2()), mask, template_affine, normalised, affine, matrix)
+    return resample_to_grid(mask, template_affine, grid, matrix), resample_to_grid(head, template_affine, grid, matrix)
+
+
+def _closer_head(heads: tuple[np.ndarray, ...], mask: np.ndarray, template_affine: np.ndarray,
+                 normalised: np.ndarray, affine: np.ndarray, matrix: np.ndarray) -> np.ndarray:
+    """Of the template's ``heads`` (on its grid), the one that correlates best with the image
+    (through ``matrix``, image world -> template world) within :data:`TEMPLATE_REGION_MM` of the
+    template's brain: compared on the template's own 3 mm grid, so only the chosen head is
+    resampled onto the image's voxels."""
+    import torch
+
+    from dccnn_deploy.metrics import ncc
+    from dccnn_deploy.ops.morphology import dilate
+
+    grid = Grid(mask.shape, template_affine)
+    seen = resample_to_grid(normalised, affine, grid, world_transform=np.linalg.inv(matrix))
+    radius = max(1, round(TEMPLATE_REGION_MM / float(np.mean(voxel_spacing(template_affine)))))
+    around = dilate(torch.from_numpy(mask > 0.5), radius).numpy()
+    return max(heads, key=lambda h: ncc(h, seen, around))
 
 
 def refine_brain_mask(fraction: np.ndarray, image: np.ndarray, band_voxels: int) -> np.ndarray:
