@@ -85,7 +85,7 @@ def fit_contrast_map(moving: np.ndarray, fixed: np.ndarray, threshold: float = 0
     if int(joint.sum()) < MIN_BIN_VOXELS:
         return none
     edges = np.linspace(threshold, 1.0, bins + 1)
-    index = np.clip(np.digitize(moving[joint], edges) - 1, 0, bins - 1)
+    index = _bin_of(moving[joint], edges)
     counts = np.bincount(index, minlength=bins)
     sums = np.bincount(index, weights=fixed[joint], minlength=bins)
     valid = counts >= MIN_BIN_VOXELS
