@@ -20,6 +20,7 @@ Cases (from ../shared/data/fetch_brains.sh):
   Dice of the 82 cortical/subcortical labels. Suffixes change the content (issue 15):
   ``+mhead`` / ``+fhead`` paint CSF, skull and scalp around the moving / fixed brain (a head with
   skull), ``+contrast`` paints the fixed image with its own random contrast (e.g. T2 -> T1),
+  ``+fcontrast`` paints both with that second contrast (the same content in the fixed's contrast),
   ``+invert`` inverts the moving image's intensities inside the brain (a T2-like image).
 * ``colinhead_icbm`` / ``icbmhead_colin``: a real head with skull (Colin27 / ICBM 2009c) -> the
   other's skull-stripped brain; ``colin_icbmhead`` / ``icbm_colinhead``: the reverse (a brain ->
@@ -154,7 +155,8 @@ INTERIOR_LABEL = 1000  # white matter and CSF inside the brain: unlabelled in th
 
 def make_donor_case(brains: Path, work: Path, name: str, seed: int = 0) -> dict:
     """Images of two donors' anatomies painted from their label maps (``donor_A_B[+mhead][+fhead]
-    [+contrast][+invert]``): one shared contrast unless ``+contrast``; a head around a brain with
+    [+contrast|+fcontrast][+invert]``): one shared contrast unless ``+contrast`` (``+fcontrast``: both
+    images in ``+contrast``'s fixed contrast, its same-content partner in that contrast); a head around a brain with
     ``+*head``; ``+invert``: the moving image's intensities inverted inside its brain."""
     import torch
 
@@ -168,7 +170,9 @@ def make_donor_case(brains: Path, work: Path, name: str, seed: int = 0) -> dict:
     case.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
     luts = [random_lookup(max(HEAD_LABELS), rng)]
-    luts.append(random_lookup(max(HEAD_LABELS), rng) if "contrast" in flags else luts[0])
+    luts.append(random_lookup(max(HEAD_LABELS), rng) if {"contrast", "fcontrast"} & set(flags) else luts[0])
+    if "fcontrast" in flags:  # both painted with the fixed image's contrast of ``+contrast``
+        luts[0] = luts[1]
     gen = torch.Generator().manual_seed(seed)
     out = {"name": case.name, "metric": "DK Dice (82 labels)"}
     for (role, donor), lut in zip((("moving", moving), ("fixed", fixed)), luts):

@@ -9,7 +9,7 @@
 from __future__ import annotations
 
 import os
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from dccnn_deploy.io import InputError
 from dccnn_deploy.models import resolve_backend, resolve_model
@@ -18,6 +18,9 @@ from dccnn_deploy.registration.inputs import ImageLike
 from dccnn_deploy.registration.pipeline import RegisterOptions, run
 from dccnn_deploy.registration.result import RegistrationResult
 from dccnn_deploy.runtime.loading import Network, open_network
+
+if TYPE_CHECKING:
+    from dccnn_deploy.refine import RefineSettings
 
 
 def open_model(model: str | os.PathLike | None = None, backend: str | None = None, device: str = "cpu",
@@ -38,7 +41,7 @@ def register(
     fixed: ImageLike,
     *,
     model: str | os.PathLike | Network | bool | None = None,
-    refine: int | str = 0,
+    refine: int | str | RefineSettings = "auto",
     similarity: str = "auto",
     passes: int | None = None,
     backend: str | None = None,
@@ -60,7 +63,8 @@ def register(
     * ``model``: checkpoint (``.pt``), ``.onnx`` or TensorRT ``.engine``; ``None``: the shipped
       default model; ``False``/``"none"``: no network (needs ``refine``); an open
       :class:`~dccnn_deploy.runtime.loading.Network` (load once, register many);
-    * ``refine``: instance optimisation after the network: a preset (``"fast"``,
+    * ``refine``: instance optimisation after the network: ``"auto"`` (a short one only when
+      the moving image had to be mapped into the fixed contrast), a preset (``"fast"``,
       ``"accurate"``) or an iteration count (0: none); ``similarity``: its cost (``lncc``,
       ``mind``, ``ngf``; ``auto``: ``mind`` when the contrasts differ);
     * ``passes``: network passes (None: the model's recommendation, one pass when the contrasts

@@ -73,6 +73,27 @@ def test_an_image_inverted_as_a_whole_registers_like_the_original(study, result)
     assert np.corrcoef(moved[inside], original[inside])[0, 1] < -0.99
 
 
+def test_refine_runs_by_default_only_when_the_contrasts_differ(study, result):
+    """The default ``refine="auto"``: nothing for a same-contrast pair; the short refinement of the
+    network's result for a moving image inverted inside its foreground (mapped into the fixed
+    contrast); ``refine=0`` turns it off."""
+    assert result.metrics["refine"] is None and result.metrics["refine_iterations"] == 0
+    moving = nib.load(str(study["moving"]))
+    data = np.asarray(moving.dataobj, dtype=np.float32)
+    inverted = (np.where(data > 0.05 * data.max(), data.max() - data, 0.0), moving.affine)
+    res = dd.register(inverted, study["fixed"], model=study["model"])
+    assert res.metrics["contrast"]["mapped"] and res.metrics["bright_background_inverted"] == []
+    assert res.metrics["refine"]["preset"] == "auto" and sum(res.metrics["refine"]["iterations"]) > 0
+    assert res.metrics["refine_iterations"] == 40 and "refine" in res.metrics["seconds"]
+    off = dd.register(inverted, study["fixed"], model=study["model"], refine=0)
+    assert off.metrics["refine"] is None and "refine" not in off.metrics["seconds"]
+    from dccnn_deploy.refine import RefineSettings
+
+    custom = dd.register(study["moving"], study["fixed"], model=study["model"],
+                         refine=RefineSettings(iterations=(0, 2, 0), name="mine"))
+    assert custom.metrics["refine"]["preset"] == "mine" and custom.metrics["options"]["refine"]["iterations"] == [0, 2, 0]
+
+
 def test_apply_matches_the_moved_outputs(study, result):
     assert np.array_equal(_data(result.apply(study["moving"])), _data(result.moved))
     labels = result.apply(nib.load(str(study["moving_labels"])), labels=True)

@@ -82,6 +82,12 @@ def test_refine_settings_parsing():
     assert refine_settings("7").total_iterations == 7
     assert refine_settings(0).total_iterations == 0
     assert refine_settings("fast", similarity="mind").similarity == "mind"
+    auto = refine_settings("auto")
+    assert auto.contrast_only and auto.total_iterations > 0 and auto.passes == 1
+    assert auto.for_pair(contrasts_differ=True) == auto
+    same = auto.for_pair(contrasts_differ=False)
+    assert same.total_iterations == 0 and same.passes is None  # the network alone, its own passes
+    assert PRESETS["fast"].for_pair(contrasts_differ=False) == PRESETS["fast"]  # other presets refine every pair
     for bad in ("fastest", "-3", "1.5"):
         with pytest.raises(ValueError):
             refine_settings(bad)

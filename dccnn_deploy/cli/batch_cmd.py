@@ -116,7 +116,9 @@ def batch(
     precision: str = typer.Option(
         "auto", help="Torch network arithmetic: auto (bfloat16 convolutions on CPUs with native bfloat16), fp32, bf16."
     ),
-    refine: int = typer.Option(0, help="Instance-optimisation iterations per pair."),
+    refine: str = typer.Option(
+        "auto", help="Instance optimisation per pair: auto (only pairs whose contrasts differ), a preset (fast, accurate) or an iteration count (0: none)."
+    ),
     no_affine: bool = typer.Option(False, "--no-affine", help="Skip affine pre-alignment (already aligned)."),
     shard_spec: Optional[str] = typer.Option(None, "--shard", help="i/n: this job's share of the pairs."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Redo pairs that already finished."),

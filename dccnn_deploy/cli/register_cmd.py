@@ -142,7 +142,7 @@ def register(
         "auto", help="Torch network arithmetic: auto (bfloat16 convolutions on CPUs with native bfloat16), fp32, bf16."
     ),
     refine: str = typer.Option(
-        "0", help="Instance optimisation after the network: a preset (fast: 1 network pass + refine; accurate) or an iteration count (0: none)."
+        "auto", help="Instance optimisation after the network: auto (a short one only when the contrasts differ), a preset (fast: 1 network pass + refine; accurate) or an iteration count (0: none)."
     ),
     similarity: str = typer.Option("auto", help="Refine similarity: lncc | mind | ngf | auto (mind when contrasts differ)."),
     passes: Optional[int] = typer.Option(

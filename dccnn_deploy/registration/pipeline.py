@@ -5,7 +5,7 @@
 2. affine pre-alignment in world coordinates;                 ``preprocess.affine``
 3. resampling onto the model grid + intensity normalisation;  ``registration.prepare``
 4. the network (any backend) -> forward / inverse fields;     ``runtime``
-5. optional instance optimisation (``refine``);               ``refine``
+5. instance optimisation (``refine``; by default only when the contrasts differ); ``refine``
 6. composition affine o deformable: a :class:`RegistrationResult`, which computes the native-grid
    outputs on demand and writes them (``registration.result``, ``registration.outputs``).
 
@@ -21,7 +21,7 @@ import dataclasses
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import TYPE_CHECKING, Callable, Iterable
 
 import numpy as np
 import torch
@@ -53,6 +53,9 @@ from dccnn_deploy.registration.sanity import affine_sanity
 from dccnn_deploy.registration.sanity_final import final_similarity, final_warnings
 from dccnn_deploy.transform import Registration
 
+if TYPE_CHECKING:
+    from dccnn_deploy.refine import RefineSettings
+
 Progress = Callable[[str], None]
 #: after contrast mapping, the pair gets the model's passes only when its contrasts agree this
 #: well: same-contrast pairs measure 0.79-0.82, ICBM T2 mapped onto Colin27 T1 0.74 (5 passes:
@@ -80,7 +83,7 @@ class RegisterOptions:
     backend: str | None = None
     device: str = "cpu"
     precision: str = "auto"
-    refine: int | str = 0
+    refine: int | str | RefineSettings = "auto"
     similarity: str = "auto"
     passes: int | None = None
     affine: bool = True
@@ -93,7 +96,8 @@ class RegisterOptions:
 
     def check(self) -> None:
         """One-line :class:`InputError` for contradictory options (before any work)."""
-        if self.model is None and _refine_settings(self).total_iterations == 0:
+        refine = _refine_settings(self)
+        if self.model is None and (refine.total_iterations == 0 or refine.contrast_only):
             raise InputError("no model: none ships with this install; pass --model CHECKPOINT (model= in Python) or --refine N")
         if self.passes is not None and self.passes < 1:
             raise InputError(f"--passes {self.passes}: must be >= 1")
@@ -330,6 +334,7 @@ def run(moving: ImageLike, fixed: ImageLike, opts: RegisterOptions | None = None
         aff, prepared, moving_in = stages.run("affine_refit", _refit_affine, moving_w, fixed_w, prepared, contrast_map)
         network_pair, matrix = prepared, aff.matrix
         affine_info = {**_affine_record(aff), "refit_on_mapped_contrast": True}
+    refine_cfg = refine_cfg.for_pair(contrasts_differ=contrast["mapped"])
     passes = _passes(opts, network, contrast, refine_cfg.passes)
     refining = refine_cfg.total_iterations > 0  # refine starts from both of the network's fields
     fwd, inv = stages.run("network", _network_fields, network, moving_in, network_pair.fixed_g, passes, refining)

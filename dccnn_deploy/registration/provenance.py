@@ -7,6 +7,7 @@ the pair is registered again, never silently reused.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from pathlib import Path
@@ -37,12 +38,17 @@ def options_record(opts: Any) -> dict:
     ``overwrite`` or the label paths, which are inputs); the model as a :func:`file_record`."""
     record = {
         "model": file_record(getattr(opts.model, "path", opts.model)), "backend": opts.backend,
-        "device": opts.device, "refine": opts.refine, "affine": opts.affine,
+        "device": opts.device, "refine": _refine_record(opts.refine), "affine": opts.affine,
         "grid_shape": list(opts.grid_shape), "spacing_mm": float(opts.spacing_mm),
     }
     if opts.precision != "auto":  # recorded only when chosen, so earlier studies still match
         record["precision"] = opts.precision
     return _plain(record)
+
+
+def _refine_record(refine: Any) -> Any:
+    """``--refine`` as given: a preset name or iteration count, or the fields of a settings object."""
+    return dataclasses.asdict(refine) if dataclasses.is_dataclass(refine) else refine
 
 
 def _plain(value: Any) -> Any:
