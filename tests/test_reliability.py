@@ -121,7 +121,7 @@ def test_option_and_input_differences_are_detected(study):
     report = json.loads(json.dumps({"inputs": inputs, "options": options_record(opts)}))
     assert differences(report, inputs, options_record(opts)) == []
     changed = differences(report, inputs, options_record(RegisterOptions(model=str(study["model"]), refine=20)))
-    assert changed == ["option refine 0 -> 20"]
+    assert changed == ["option refine auto -> 20"]
     other = differences(report, input_record(study["fixed"], study["fixed"]), options_record(opts))
     assert other == ["moving is another file"]
     assert differences({}, inputs, options_record(opts))  # an older report without a record: redo
