@@ -203,6 +203,15 @@ def test_cli_json_quiet_progress_and_outputs(study, tmp_path):
     assert report == json.loads((tmp_path / "a" / "report.json").read_text())
     assert "] affine pre-alignment" in res.stderr  # plain progress lines (not a terminal), on stderr
     assert sorted(p.name for p in (tmp_path / "a").iterdir()) == ["moved.nii.gz", "report.json"]
+    from rich.console import Console
+
+    from dccnn_deploy.cli.register_cmd import summary_table
+
+    console = Console(record=True, width=120)
+    console.print(summary_table(report))
+    mi = report["sanity"]["mutual_information"]
+    row = next(line for line in console.export_text().splitlines() if "mutual information" in line)
+    assert [c.strip() for c in row.split("│")[2:5]] == [f"{mi[k]:.4f}" for k in ("none", "affine", "final")]
     res = runner.invoke(app, base + ["-o", str(tmp_path / "b"), "--quiet", "--outputs", "report"])
     # quiet: no progress, no summary; only what the result's checks warn of (the tiny random model may lower a similarity)
     assert res.exit_code == 0 and all(line.startswith("warning: ") for line in res.output.splitlines())

@@ -101,6 +101,9 @@ def summary_table(report: dict) -> "Table":
     sim = report["similarity"]
     for key, name in (("ncc", "NCC"), ("local_ncc", "local NCC (9³)"), ("ssim", "SSIM")):
         table.add_row(name, *(f"{sim[s][key]:.4f}" for s in ("before", "after_affine", "after")))
+    mi = report.get("sanity", {}).get("mutual_information")
+    if mi:  # the measure that reads across contrasts (T2 against T1: NCC can fall while MI rises)
+        table.add_row("mutual information", *(f"{mi[s]:.4f}" for s in ("none", "affine", "final")))
     if "labels" in report:
         lab = report["labels"]
         table.add_row("Dice (mean)", "", f"{lab['after_affine']['dice_mean']:.4f}", f"{lab['after']['dice_mean']:.4f}")
