@@ -219,6 +219,12 @@ def test_head_to_brain_strips_the_skull_of_the_head():
     refined = strip_for_network(pair, "fixed", back.brain_mask, settings, back.template_head, misfit)
     brain_g = resample_to_grid((mask > 0.5).astype(np.float32), affine, pair.grid, world) > 0.5
     assert _mask_dice(refined.fixed_g > 0, brain_g) > _mask_dice(shifted.fixed_g > 0, brain_g) + 0.01
+    assert same.warnings == () and refined.warnings == ()
+    # a head-to-head registration gone wrong (the mask pulled out of the grid): the template mask, a warning
+    lost = strip_for_network(pair, "fixed", back.brain_mask, settings, back.template_head,
+                             lambda t, h: register(t, h, shift=1000.0), refine_edge=False)
+    assert np.array_equal(lost.brain_mask_g, stripped.brain_mask_g) and np.array_equal(lost.fixed_g, stripped.fixed_g)
+    assert len(lost.warnings) == 1 and "fixed image: the brain mask carried onto the head has 0.00x" in lost.warnings[0]
 
 
 def test_template_fit_is_redone_on_the_region_around_its_first_brain_mask():

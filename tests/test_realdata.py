@@ -111,3 +111,23 @@ def test_a_head_against_a_brain_is_aligned_again_on_its_own_brain(head, brain, t
     assert report["affine"]["stripped"] == ["moving"] and report["network_input_stripped"] == ["moving"]
     assert report["affine"]["refit_on_brain_mask"] and "affine_brain" in report["seconds"]
     assert report["labels"]["after"]["dice_mean"] > 0.97
+
+
+@needs_brains
+def test_a_carried_brain_mask_that_collapsed_is_not_used_and_is_reported(monkeypatch):
+    """Colin27 head -> ICBM brain with the head-to-head registration made to lose the brain mask:
+    the head is stripped with the fitted template mask instead, the report warns, and the
+    registration still lands (brain-mask Dice > 0.9)."""
+    import dccnn_deploy as dd
+    from dccnn_deploy.models import model_dirs
+    from dccnn_deploy.registration import prepare
+
+    model = next(d / "dccnn-default.pt" for d in model_dirs() if (d / "dccnn-default.pt").is_file())
+    monkeypatch.setattr(prepare, "_carried_mask", lambda on_grid, *args: np.zeros_like(on_grid))
+    colin = nib.load(str(BRAINS / "mricron/ch2bet.nii.gz"))
+    mask = nib.Nifti1Image((np.asarray(colin.dataobj) > 0).astype(np.int16), colin.affine)
+    result = dd.register(BRAINS / "mricron/ch2.nii.gz", ICBM / "mni_icbm152_t1bet_tal_nlin_sym_09c.nii", model=model,
+                         moving_labels=mask, fixed_labels=ICBM / "mni_icbm152_t1_tal_nlin_sym_09c_mask.nii")
+    report = result.metrics
+    assert any("brain mask carried onto the head has 0.00x" in w for w in report["warnings"])
+    assert report["labels"]["after"]["dice_mean"] > 0.9

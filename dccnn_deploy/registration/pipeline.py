@@ -313,12 +313,13 @@ def run(moving: ImageLike, fixed: ImageLike, opts: RegisterOptions | None = None
     prepared = stages.run("resample", prepare_pair, moving_w, fixed_w, matrix, settings,
                           network.fit_divisor if network else None)
     say(f"network ({network.backend.name})" if network else "no network: refinement from the identity")
-    network_pair = prepared
+    network_pair, strip_warnings = prepared, []
     if opts.affine and aff.stripped and aff.brain_mask is not None:  # a head against a brain: two brains
         head_to_head = None if network is None else (
             lambda m, f: _network_fields(network, m, f, HEAD_MASK_PASSES, inverse=False)[0])
         network_pair = stages.run("strip", strip_for_network, prepared, aff.stripped[0], aff.brain_mask, settings,
                                   aff.template_head, head_to_head)
+        strip_warnings = list(network_pair.warnings)
         if network is not None:
             say("affine pre-alignment again, on the head stripped with its own brain mask")
             refit, prepared, network_pair = stages.run("affine_brain", _refit_affine_on_brain, moving_w, fixed_w,
@@ -369,7 +370,7 @@ def run(moving: ImageLike, fixed: ImageLike, opts: RegisterOptions | None = None
         "options": options_record(opts),
         "warnings": affine_sanity(matrix, moving_w, fixed_w) + (similarity_warnings(aff.mi_before, aff.mi_after)
                                                               + overlap_warnings(aff.overlap) if opts.affine else [])
-                    + final_warnings(mi),
+                    + strip_warnings + final_warnings(mi),
         "sanity": {"mutual_information": mi},
     }
     seconds = {**stages.seconds, "compute": round(time.perf_counter() - start, 3)}

@@ -26,7 +26,7 @@ class PreparedPair:
     normalised moving image on its own voxels, which ``moving_g`` was resampled from (kept for a
     contrast map applied at the moving image's resolution and an affine refit; None once dropped).
     ``brain_mask_g``: the brain mask (bool, on the grid) a head was stripped with for the network
-    (:func:`strip_for_network`), else None.
+    (:func:`strip_for_network`), else None; ``warnings``: what went wrong preparing it (one line each).
     """
 
     grid: Grid
@@ -36,6 +36,7 @@ class PreparedPair:
     unaligned_g: np.ndarray
     moving_n: np.ndarray | None = None
     brain_mask_g: np.ndarray | None = None
+    warnings: tuple[str, ...] = ()
 
     def warped(self, forward: torch.Tensor | None) -> np.ndarray:
         """``moving_g`` through the forward voxel displacement ``(1, 3, *grid)`` (None: ``moving_g``):
@@ -100,6 +101,10 @@ GridRegister = Callable[[np.ndarray, np.ndarray], "torch.Tensor"]
 #: the head is the template itself or an image in its space (ICBM 2009c T1 head: 0.976-0.979;
 #: Colin27's head: 0.89): its mask is then the head's own and is kept as it is
 TEMPLATE_MATCH_NCC = 0.95
+#: the carried (and refined) brain mask's volume over the affinely fitted template mask's, outside
+#: which the carried one is taken for a failure and the template mask used (with a warning): 0.93-1.00
+#: on nine heads (Colin27, ICBM T1 / T2, ROBEX, synthetic ICBM / Colin27 heads; docs/benchmarks.md)
+CARRIED_MASK_VOLUME = (0.7, 1.3)
 
 
 def strip_for_network(prepared: PreparedPair, side: str, brain_mask: tuple[np.ndarray, np.ndarray],
@@ -119,16 +124,25 @@ def strip_for_network(prepared: PreparedPair, side: str, brain_mask: tuple[np.nd
     registration on the model grid): the outline of this brain, not of an affinely fitted one.
     Unless the deformed template matches the head (:data:`TEMPLATE_MATCH_NCC`) or not
     ``refine_edge``, its edge is then moved onto the head's own brain edge
-    (:func:`~dccnn_deploy.preprocess.brain_mask.refine_brain_mask`)."""
+    (:func:`~dccnn_deploy.preprocess.brain_mask.refine_brain_mask`). A carried mask whose volume
+    is implausible next to the template mask's (:data:`CARRIED_MASK_VOLUME`) is not used: the
+    template mask is, and the pair's ``warnings`` say so."""
     mask, mask_affine = brain_mask
     transform = prepared.matrix if side == "moving" else None
     on_grid = resample_to_grid(np.asarray(mask, dtype=np.float32), mask_affine, prepared.grid, world_transform=transform)
     head = getattr(prepared, f"{side}_g")
+    warnings = ()
     if template_head is not None and register is not None:
-        on_grid = _carried_mask(on_grid, head, template_head, mask_affine, transform, prepared, settings, register,
+        carried = _carried_mask(on_grid, head, template_head, mask_affine, transform, prepared, settings, register,
                                 refine_edge)
+        ratio = float((carried > 0.5).sum()) / max(1.0, float((on_grid > 0.5).sum()))
+        if CARRIED_MASK_VOLUME[0] <= ratio <= CARRIED_MASK_VOLUME[1]:
+            on_grid = carried
+        else:  # a head-to-head registration gone wrong: keep the affinely fitted template mask
+            warnings = (f"{side} image: the brain mask carried onto the head has {ratio:.2f}x the fitted template "
+                        "mask's volume; skull stripped with the template mask instead (check qc.png)",)
     mask = on_grid > 0.5
-    return replace(prepared, **{f"{side}_g": normalised(head * mask, settings)}, brain_mask_g=mask)
+    return replace(prepared, **{f"{side}_g": normalised(head * mask, settings)}, brain_mask_g=mask, warnings=warnings)
 
 
 def native_brain_mask(stripped: PreparedPair, side: str, head: Volume) -> np.ndarray:
