@@ -105,16 +105,10 @@ def template_in_image_space(normalised: np.ndarray, affine: np.ndarray, register
     head image through ``register`` (see :func:`template_brain_mask`): fitted on the whole image,
     then again on its voxels within :data:`TEMPLATE_REGION_MM` of the first fit's brain mask. The
     head is the template's T1 or T2 head, whichever correlates better with the image there."""
-    import torch
-
-    from dccnn_deploy.ops.morphology import dilate
-
     head, mask, template_affine = load_template()
     grid = Grid(normalised.shape, affine)
     matrix = register(head, template_affine, normalised, affine, None)
-    first = resample_to_grid(mask, template_affine, grid, matrix) > 0.5
-    radius = max(1, round(TEMPLATE_REGION_MM / float(np.mean(voxel_spacing(affine)))))
-    region = dilate(torch.from_numpy(first), radius).numpy()
+    region = _around(resample_to_grid(mask, template_affine, grid, matrix) > 0.5, affine)
     matrix = register(head, template_affine, normalised, affine, region)
     head = _closer_head((head, load_template_t2()), mask, template_affine, normalised, affine, matrix)
     return resample_to_grid(mask, template_affine, grid, matrix), resample_to_grid(head, template_affine, grid, matrix)
@@ -126,16 +120,22 @@ def _closer_head(heads: tuple[np.ndarray, ...], mask: np.ndarray, template_affin
     (through ``matrix``, image world -> template world) within :data:`TEMPLATE_REGION_MM` of the
     template's brain: compared on the template's own 3 mm grid, so only the chosen head is
     resampled onto the image's voxels."""
-    import torch
-
     from dccnn_deploy.metrics import ncc
-    from dccnn_deploy.ops.morphology import dilate
 
     grid = Grid(mask.shape, template_affine)
     seen = resample_to_grid(normalised, affine, grid, world_transform=np.linalg.inv(matrix))
-    radius = max(1, round(TEMPLATE_REGION_MM / float(np.mean(voxel_spacing(template_affine)))))
-    around = dilate(torch.from_numpy(mask > 0.5), radius).numpy()
+    around = _around(mask > 0.5, template_affine)
     return max(heads, key=lambda h: ncc(h, seen, around))
+
+
+def _around(brain: np.ndarray, affine: np.ndarray) -> np.ndarray:
+    """The voxels within :data:`TEMPLATE_REGION_MM` of ``brain`` (bool; ``affine``: its grid's)."""
+    import torch
+
+    from dccnn_deploy.ops.morphology import dilate
+
+    radius = max(1, round(TEMPLATE_REGION_MM / float(np.mean(voxel_spacing(affine)))))
+    return dilate(torch.from_numpy(brain), radius).numpy()
 
 
 def refine_brain_mask(fraction: np.ndarray, image: np.ndarray, band_voxels: int) -> np.ndarray:
