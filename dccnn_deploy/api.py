@@ -64,7 +64,7 @@ def register(
       default model; ``False``/``"none"``: no network (needs ``refine``); an open
       :class:`~dccnn_deploy.runtime.loading.Network` (load once, register many);
     * ``refine``: instance optimisation after the network: ``"auto"`` (a short one only when
-      the moving image had to be mapped into the fixed contrast), a preset (``"fast"``,
+      one image had to be mapped into the other's contrast), a preset (``"fast"``,
       ``"accurate"``) or an iteration count (0: none); ``similarity``: its cost (``lncc``,
       ``mind``, ``ngf``; ``auto``: ``mind`` when the contrasts differ);
     * ``passes``: network passes (None: the model's recommendation, one pass when the contrasts

@@ -95,7 +95,7 @@ PRESETS: dict[str, RefineSettings] = {
     # passes reached 0.562 in 0.80x
     "fast": _FAST,
     "accurate": RefineSettings(iterations=(0, 80, 40), patience=15, name="accurate"),
-    # the default: `fast`, only where the moving image had to be mapped into the fixed image's contrast
+    # the default: `fast`, only where one image had to be mapped into the other's contrast
     # (the network learnt pairs of one contrast): T2 brain -> T1 brain CerebrA Dice 0.800 / 0.797 ->
     # 0.854 / 0.858 (same content, no refine: 0.816 / 0.815); after the model's 5 passes 0.833 / 0.832
     "auto": replace(_FAST, contrast_only=True, name="auto"),

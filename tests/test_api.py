@@ -94,6 +94,38 @@ def test_refine_runs_by_default_only_when_the_contrasts_differ(study, result):
     assert custom.metrics["refine"]["preset"] == "mine" and custom.metrics["options"]["refine"]["iterations"] == [0, 2, 0]
 
 
+def test_either_image_can_be_the_one_mapped_into_the_other_contrast(study, result, monkeypatch):
+    """A fixed image inverted inside its foreground: one of the two is mapped into the other's
+    contrast (``contrast.mapped_image``); forcing the other choice runs the same registration
+    in the other contrast, with the affine refit on whichever image was rank-mapped, and both
+    align the labels about as well as the same-contrast pair."""
+    import dataclasses
+
+    import dccnn_deploy.registration.contrast as contrast
+
+    fixed = nib.load(str(study["fixed"]))
+    data = np.asarray(fixed.dataobj, dtype=np.float32)
+    inverted = (np.where(data > 0.05 * data.max(), data.max() - data, 0.0), fixed.affine)
+    labels = {"moving_labels": study["moving_labels"], "fixed_labels": study["fixed_labels"]}
+    natural = dd.register(study["moving"], inverted, model=study["model"], **labels).metrics
+    side = natural["contrast"]["mapped_image"]
+    assert side in ("moving", "fixed") and natural["contrast"]["agreement_after"] >= natural["contrast"]["agreement_after_other"]
+    original, calls = contrast._map_into, []
+
+    def other_side_wins(*args):  # the candidates come in SIDES order: lower the naturally chosen one's agreement
+        candidate = original(*args)
+        calls.append(contrast.SIDES[len(calls)])
+        return dataclasses.replace(candidate, agreement=candidate.agreement - (2.0 if calls[-1] == side else 0.0))
+
+    monkeypatch.setattr(contrast, "_map_into", other_side_wins)
+    forced = dd.register(study["moving"], inverted, model=study["model"], **labels).metrics
+    assert forced["contrast"]["mapped_image"] == ({"moving", "fixed"} - {side}).pop()
+    for report in (natural, forced):
+        if report["contrast"]["map"].startswith("rank"):
+            assert report["affine"]["refit_on_mapped_contrast"]
+        assert report["labels"]["after"]["dice_mean"] > result.metrics["labels"]["after"]["dice_mean"] - 0.05
+
+
 def test_apply_matches_the_moved_outputs(study, result):
     assert np.array_equal(_data(result.apply(study["moving"])), _data(result.moved))
     labels = result.apply(nib.load(str(study["moving_labels"])), labels=True)

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from dccnn_deploy.preprocess.contrast_map import fit_contrast_map, map_contrast
-from dccnn_deploy.registration.pipeline import _network_input, _passes
+from dccnn_deploy.registration.contrast import network_input
+from dccnn_deploy.registration.pipeline import _passes
 from dccnn_deploy.similarity import SAME_CONTRAST_MIN_CORRELATION, contrast_agreement
 
 
@@ -84,11 +85,42 @@ def test_a_monotone_map_that_leaves_the_pair_disagreeing_gives_way_to_the_local_
     assert fit_contrast_map(t2, t1, monotone=False).kind == "local conditional mean"
     import dccnn_deploy.similarity as similarity
 
-    verdicts = iter([-0.5, 0.1, 0.8])  # before; after the rank map (still disagreeing); after the local map
+    # before; the moving image mapped: the rank map (still disagreeing), the local map; the fixed image mapped: the same
+    verdicts = iter([-0.5, 0.1, 0.8, 0.1, 0.7])
     monkeypatch.setattr(similarity, "contrast_agreement", lambda *_: next(verdicts))
-    mapped, info, fitted = _network_input(types.SimpleNamespace(moving_g=t2, fixed_g=t1))
-    assert info == {"agreement": -0.5, "mapped": True, "map": "local conditional mean", "agreement_after": 0.8}
-    assert fitted.grid_only and np.array_equal(mapped, fitted(t2))
+    given = network_input(types.SimpleNamespace(moving_g=t2, fixed_g=t1))
+    assert given.info == {"agreement": -0.5, "mapped": True, "map": "local conditional mean", "agreement_after": 0.8,
+                          "mapped_image": "moving", "agreement_after_other": 0.7}
+    assert given.contrast_map.grid_only and np.array_equal(given.moving, given.contrast_map(t2))
+    assert given.fixed is t1 and given.side == "moving"
+
+
+def test_the_image_whose_map_agrees_better_is_the_one_mapped(monkeypatch):
+    """Either image can go into the other's contrast (the network is symmetric): the fixed one
+    when its map brings the pair into clearly better agreement, else the moving one."""
+    labels, rng = _tissues()
+    t1 = _paint(labels, [0.0, 0.25, 0.55, 0.9], rng)
+    t2 = _paint(labels, [0.0, 0.95, 0.6, 0.3], rng)
+    import dccnn_deploy.similarity as similarity
+
+    verdicts = iter([-0.6, SAME_CONTRAST_MIN_CORRELATION + 0.01, SAME_CONTRAST_MIN_CORRELATION + 0.1])
+    monkeypatch.setattr(similarity, "contrast_agreement", lambda *_: next(verdicts))
+    given = network_input(types.SimpleNamespace(moving_g=t1, fixed_g=t2))
+    assert given.side == "fixed" and given.info["mapped_image"] == "fixed"
+    assert given.moving is t1 and np.array_equal(given.fixed, given.contrast_map(t2))
+    assert given.contrast_map.kind == "rank (decreasing)"
+    assert given.info["agreement_after"] > given.info["agreement_after_other"]
+    from dccnn_deploy.registration.contrast import FIXED_MAP_MARGIN
+
+    near_tie = SAME_CONTRAST_MIN_CORRELATION + 0.01 + FIXED_MAP_MARGIN / 2  # the fixed map barely better: the moving one
+    verdicts = iter([-0.6, SAME_CONTRAST_MIN_CORRELATION + 0.01, near_tie])
+    given = network_input(types.SimpleNamespace(moving_g=t1, fixed_g=t2))
+    assert given.side == "moving" and given.fixed is t2 and given.info["agreement_after_other"] == round(near_tie, 4)
+    monkeypatch.undo()  # the real measure: mapping either way makes the pair agree
+    given = network_input(types.SimpleNamespace(moving_g=t1, fixed_g=t2))
+    assert given.info["mapped"] and min(given.info["agreement_after"], given.info["agreement_after_other"]) > 0.8
+    mapped = given.moving if given.side == "moving" else given.fixed
+    assert contrast_agreement(torch.from_numpy(mapped), torch.from_numpy(t1 if given.side == "fixed" else t2)) > 0.8
 
 
 def test_pipeline_maps_only_different_contrasts_and_then_runs_all_passes():
@@ -99,12 +131,16 @@ def test_pipeline_maps_only_different_contrasts_and_then_runs_all_passes():
     network = types.SimpleNamespace(settings=types.SimpleNamespace(inference_passes=5))
     options = types.SimpleNamespace(passes=None)
 
-    same, info, fitted = _network_input(types.SimpleNamespace(moving_g=other_t1, fixed_g=t1))
-    assert fitted is None
-    assert same is other_t1 and not info["mapped"] and _passes(options, network, info) == 5
+    same = network_input(types.SimpleNamespace(moving_g=other_t1, fixed_g=t1))
+    assert same.contrast_map is None and same.side is None
+    info = same.info
+    assert same.moving is other_t1 and same.fixed is t1 and not info["mapped"] and _passes(options, network, info) == 5
 
-    mapped, info, fitted = _network_input(types.SimpleNamespace(moving_g=t2, fixed_g=t1))
-    assert fitted.kind.startswith("rank") and np.array_equal(fitted(t2), mapped)
+    given = network_input(types.SimpleNamespace(moving_g=t2, fixed_g=t1))
+    info = given.info
+    assert given.contrast_map.kind.startswith("rank")
+    mapped, source = (given.moving, t2) if given.side == "moving" else (given.fixed, t1)
+    assert np.array_equal(given.contrast_map(source), mapped)
     assert info["mapped"] and info["agreement"] < SAME_CONTRAST_MIN_CORRELATION <= info["agreement_after"]
     assert _passes(options, network, info) == 5
     assert _passes(options, network, {"agreement": -0.5, "mapped": True, "agreement_after": 0.5}) == 1

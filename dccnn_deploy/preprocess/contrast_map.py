@@ -1,4 +1,6 @@
-"""Bring the moving image into the fixed image's contrast before the network sees it.
+"""Bring one image into the other's contrast before the network sees it. Here "moving" is the image
+mapped and "fixed" the one whose contrast it takes; :mod:`dccnn_deploy.registration.contrast`
+chooses which of a pair is mapped.
 
 After the affine stage, most voxels of the joint foreground overlap the same tissue, so the mean
 fixed intensity of the voxels under each moving intensity, ``E[fixed | moving]``, is a

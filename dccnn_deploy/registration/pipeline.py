@@ -42,6 +42,7 @@ from dccnn_deploy.registration.prepare import (
     realigned,
     strip_for_network,
 )
+from dccnn_deploy.registration.contrast import NetworkInput, network_input
 from dccnn_deploy.registration.result import RegistrationResult
 from dccnn_deploy.registration.sanity_affine import overlap_warnings, similarity_warnings
 from dccnn_deploy.ops.native import available as compiled_sampler
@@ -148,16 +149,20 @@ def _affine_record(aff) -> dict:
     }
 
 
-def _refit_affine(moving: Volume, fixed: Volume, prepared: PreparedPair, contrast_map):
-    """The affine stage run again with the moving image in the fixed image's contrast (a rank map:
-    the pair then has one contrast), the pair realigned by it and the network's moving input:
-    ``(AffineResult, PreparedPair, moving_g mapped)``. MI aligns an inverted or T2 image less well
-    than the same anatomy in one contrast (donor pairs: 3.8-4.0 mm from the same-content affine at
-    the corners of a brain box, 1.4-2.5 mm after the refit; docs/benchmarks.md)."""
-    mapped = contrast_map(prepared.moving_n)
-    aff = register_affine(mapped, moving.affine, fixed.data, fixed.affine)
-    prepared = realigned(prepared, moving.affine, aff.matrix)
-    return aff, prepared, moving_on_grid(mapped, moving.affine, prepared)
+def _refit_affine(moving: Volume, fixed: Volume, prepared: PreparedPair, given: NetworkInput):
+    """The affine stage run again with the mapped image of ``given`` (a rank map: the pair then has
+    one contrast) in place of its original, the pair realigned by it: ``(AffineResult,
+    PreparedPair, NetworkInput)``. MI aligns an inverted or T2 image less well than the same
+    anatomy in one contrast (donor pairs: 3.8-4.0 mm from the same-content affine at the corners
+    of a brain box, 1.4-2.5 mm after the refit; docs/benchmarks.md)."""
+    if given.side == "moving":
+        mapped = given.contrast_map(prepared.moving_n)
+        aff = register_affine(mapped, moving.affine, fixed.data, fixed.affine)
+        prepared = realigned(prepared, moving.affine, aff.matrix)
+        return aff, prepared, dataclasses.replace(given, moving=moving_on_grid(mapped, moving.affine, prepared))
+    aff = register_affine(moving.data, moving.affine, given.contrast_map(prepared.fixed_n), fixed.affine)
+    prepared = realigned(prepared, moving.affine, aff.matrix)  # the grid and the fixed image stay
+    return aff, prepared, dataclasses.replace(given, moving=prepared.moving_g)
 
 
 def _refit_affine_on_brain(moving: Volume, fixed: Volume, prepared: PreparedPair, stripped: PreparedPair, side: str,
@@ -179,41 +184,10 @@ def _refit_affine_on_brain(moving: Volume, fixed: Volume, prepared: PreparedPair
     return aff, prepared, strip_for_network(prepared, side, (mask, head.affine), settings)
 
 
-def _network_input(prepared: PreparedPair, moving_affine: np.ndarray | None = None) -> tuple[np.ndarray, dict, object]:
-    """The moving image the network (and refine) sees, and what was done to it: when the two
-    contrasts differ (:func:`~dccnn_deploy.similarity.contrast_agreement` below
-    :data:`~dccnn_deploy.similarity.SAME_CONTRAST_MIN_CORRELATION`), the moving image mapped into
-    the fixed image's contrast (:func:`~dccnn_deploy.preprocess.contrast_map.fit_contrast_map`),
-    at its own resolution before resampling (``prepared.moving_n``) when ``moving_affine`` (its
-    voxel -> world affine) is given; when a monotone (rank) map leaves the pair still disagreeing
-    (Colin27 T1 head -> ICBM T2 head: -0.19 -> -0.14), the local conditional mean instead. Third: the fitted
-    :class:`~dccnn_deploy.preprocess.contrast_map.ContrastMap`, or None when nothing was mapped."""
-    from dccnn_deploy.preprocess.contrast_map import fit_contrast_map
-    from dccnn_deploy.similarity import SAME_CONTRAST_MIN_CORRELATION, contrast_agreement
-
-    fixed = torch.from_numpy(prepared.fixed_g)
-    agreement = contrast_agreement(torch.from_numpy(prepared.moving_g), fixed)
-    info = {"agreement": round(agreement, 4), "mapped": False}
-    if agreement >= SAME_CONTRAST_MIN_CORRELATION:
-        return prepared.moving_g, info, None
-    fitted = fit_contrast_map(prepared.moving_g, prepared.fixed_g)
-    if moving_affine is not None and not fitted.grid_only:
-        mapped = moving_on_grid(fitted(prepared.moving_n), moving_affine, prepared)
-    else:
-        mapped = fitted(prepared.moving_g)
-    after = contrast_agreement(torch.from_numpy(mapped), fixed)
-    if after < SAME_CONTRAST_MIN_CORRELATION and not fitted.grid_only:  # a monotone map that does not fit
-        fitted = fit_contrast_map(prepared.moving_g, prepared.fixed_g, monotone=False)
-        mapped = fitted(prepared.moving_g)
-        after = contrast_agreement(torch.from_numpy(mapped), fixed)
-    info.update(mapped=True, map=fitted.kind, agreement_after=round(after, 4))
-    return mapped, info, fitted
-
-
 def _passes(opts: RegisterOptions, network: Network | None, contrast: dict, preset: int | None = None) -> int:
     """Network passes: ``opts.passes``, else the refine preset's (``preset``), else the model's recommendation (metadata
     ``inference_passes``, 1 when absent) when the network's input pair agrees in contrast (after
-    :func:`_network_input`) or was mapped by a monotone (rank) map, one pass when it still does
+    :func:`~dccnn_deploy.registration.contrast.network_input`) or was mapped by a monotone (rank) map, one pass when it still does
     not (more passes do not help there: docs/benchmarks.md)."""
     if opts.passes is not None or network is None:
         return opts.passes or 1
@@ -327,24 +301,26 @@ def run(moving: ImageLike, fixed: ImageLike, opts: RegisterOptions | None = None
             matrix = refit.matrix
             affine_info = {**_affine_record(refit), "content": list(aff.content), "stripped": list(aff.stripped),
                            "refit_on_brain_mask": True}
-    native = network_pair.moving_g is prepared.moving_g  # a stripped head is mapped on the grid
-    moving_in, contrast, contrast_map = stages.run(
-        "contrast", _network_input, network_pair, moving_v.affine if native else None)
-    if opts.affine and network_pair is prepared and contrast_map is not None and contrast_map.kind.startswith("rank"):
-        say("affine pre-alignment again, on the contrast-mapped moving image")
-        aff, prepared, moving_in = stages.run("affine_refit", _refit_affine, moving_w, fixed_w, prepared, contrast_map)
+    given = stages.run(  # a stripped head's network image exists on the grid only: mapped there
+        "contrast", network_input, network_pair, moving_v.affine if network_pair.moving_g is prepared.moving_g else None,
+        fixed_v.affine if network_pair.fixed_g is prepared.fixed_g else None)
+    contrast = given.info
+    if opts.affine and network_pair is prepared and given.side and given.contrast_map.kind.startswith("rank"):
+        say(f"affine pre-alignment again, on the contrast-mapped {given.side} image")
+        aff, prepared, given = stages.run("affine_refit", _refit_affine, moving_w, fixed_w, prepared, given)
         network_pair, matrix = prepared, aff.matrix
         affine_info = {**_affine_record(aff), "refit_on_mapped_contrast": True}
+    moving_in, fixed_in = given.moving, given.fixed
     refine_cfg = refine_cfg.for_pair(contrasts_differ=contrast["mapped"])
     passes = _passes(opts, network, contrast, refine_cfg.passes)
     refining = refine_cfg.total_iterations > 0  # refine starts from both of the network's fields
-    fwd, inv = stages.run("network", _network_fields, network, moving_in, network_pair.fixed_g, passes, refining)
+    fwd, inv = stages.run("network", _network_fields, network, moving_in, fixed_in, passes, refining)
     refine_info = None
     if refining:
         say(f"refining ({refine_cfg.name})")
-        fwd, inv, refine_info = stages.run("refine", _refine, refine_cfg, moving_in, network_pair.fixed_g, fwd, inv)
+        fwd, inv, refine_info = stages.run("refine", _refine, refine_cfg, moving_in, fixed_in, fwd, inv)
     if fwd is not None:  # the written inverse is the numerical inverse of the forward map
-        network_inverse = lambda: _network_fields(network, moving_in, network_pair.fixed_g, passes)[1]  # noqa: E731
+        network_inverse = lambda: _network_fields(network, moving_in, fixed_in, passes)[1]  # noqa: E731
         fwd, inv = stages.run("invert", make_inverse_consistent, fwd, inv, fallback=network_inverse)
 
     moved_g = prepared.warped(fwd)
@@ -376,7 +352,7 @@ def run(moving: ImageLike, fixed: ImageLike, opts: RegisterOptions | None = None
     seconds = {**stages.seconds, "compute": round(time.perf_counter() - start, 3)}
     seconds["total"] = seconds["compute"]
     registration = Registration(affine=matrix, grid=prepared.grid, forward=fwd, inverse=inv, exact_inverse=True)
-    prepared = dataclasses.replace(prepared, moving_n=None)  # the outputs read moving_v itself
+    prepared = dataclasses.replace(prepared, moving_n=None, fixed_n=None)  # the outputs read the volumes themselves
     return RegistrationResult(registration, moving_v, fixed_v, prepared, info, labels, seconds, moved_g)
 
 

@@ -22,9 +22,10 @@ class PreparedPair:
     """Both images on the model grid, normalised: what the network sees.
 
     ``moving_g`` went through the affine ``matrix`` (fixed world -> moving world); ``unaligned_g``
-    is the moving image through the headers only (the "before" similarity). ``moving_n``: the
-    normalised moving image on its own voxels, which ``moving_g`` was resampled from (kept for a
-    contrast map applied at the moving image's resolution and an affine refit; None once dropped).
+    is the moving image through the headers only (the "before" similarity). ``moving_n`` /
+    ``fixed_n``: the normalised images on their own voxels, which ``moving_g`` / ``fixed_g`` were
+    resampled from (kept for a contrast map applied at the image's resolution and an affine refit;
+    None once dropped).
     ``brain_mask_g``: the brain mask (bool, on the grid) a head was stripped with for the network
     (:func:`strip_for_network`), else None; ``warnings``: what went wrong preparing it (one line each).
     """
@@ -35,6 +36,7 @@ class PreparedPair:
     fixed_g: np.ndarray
     unaligned_g: np.ndarray
     moving_n: np.ndarray | None = None
+    fixed_n: np.ndarray | None = None
     brain_mask_g: np.ndarray | None = None
     warnings: tuple[str, ...] = ()
 
@@ -77,6 +79,7 @@ def prepare_pair(moving: Volume, fixed: Volume, matrix: np.ndarray, settings: Pr
         fixed_g=resample_to_grid(fixed_n, fixed.affine, grid),
         unaligned_g=resample_to_grid(moving_n, moving.affine, grid),
         moving_n=moving_n,
+        fixed_n=fixed_n,
     )
 
 
