@@ -244,6 +244,15 @@ def test_cli_json_quiet_progress_and_outputs(study, tmp_path):
     mi = report["sanity"]["mutual_information"]
     row = next(line for line in console.export_text().splitlines() if "mutual information" in line)
     assert [c.strip() for c in row.split("│")[2:5]] == [f"{mi[k]:.4f}" for k in ("none", "affine", "final")]
+    from dccnn_deploy.cli.register_cmd import input_handling
+
+    assert input_handling(report) == []  # one contrast, two brains: nothing to say
+    mapped = {**report, "contrast": {"mapped": True, "mapped_image": "fixed", "map": "rank (decreasing)"},
+              "refine": {"preset": "auto", "similarity": "lncc"}, "network_input_stripped": ["moving"]}
+    console = Console(record=True, width=200)
+    console.print(summary_table(mapped))
+    assert ("moving head stripped for the network; contrasts differ: the fixed image mapped into the other's contrast "
+            "(rank (decreasing)); refined (auto, lncc)") in " ".join(console.export_text().split())  # the caption, wrapped
     res = runner.invoke(app, base + ["-o", str(tmp_path / "b"), "--quiet", "--outputs", "report"])
     # quiet: no progress, no summary; only what the result's checks warn of (the tiny random model may lower a similarity)
     assert res.exit_code == 0 and all(line.startswith("warning: ") for line in res.output.splitlines())

@@ -89,11 +89,26 @@ def read_inputs(moving: Path, fixed: Path) -> "Future[tuple[Volume, Volume]]":
         pool.shutdown(wait=False)
 
 
+def input_handling(report: dict) -> list[str]:
+    """What the pipeline did to the inputs before the network (report.json), one phrase each:
+    an inverted bright background, a head stripped, one image mapped into the other's contrast, a refinement."""
+    done = [f"{side} image: bright background, registered inverted" for side in report.get("bright_background_inverted") or []]
+    done += [f"{side} head stripped for the network" for side in report.get("network_input_stripped") or []]
+    contrast = report.get("contrast") or {}
+    if contrast.get("mapped"):
+        side = contrast.get("mapped_image", "moving")
+        done.append(f"contrasts differ: the {side} image mapped into the other's contrast ({contrast.get('map')})")
+    if report.get("refine"):
+        done.append(f"refined ({report['refine']['preset']}, {report['refine']['similarity']})")
+    return done
+
+
 def summary_table(report: dict) -> "Table":
-    """The key figures of one report.json as a Rich table."""
+    """The key figures of one report.json as a Rich table; its caption says how the inputs were
+    handled (:func:`input_handling`)."""
     from rich.table import Table
 
-    table = Table(title="registration summary")
+    table = Table(title="registration summary", caption="; ".join(input_handling(report)) or None)
     table.add_column("metric")
     table.add_column("before", justify="right")
     table.add_column("affine", justify="right")
