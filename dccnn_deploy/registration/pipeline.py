@@ -5,6 +5,7 @@
 2. affine pre-alignment in world coordinates;                 ``preprocess.affine``
 3. resampling onto the model grid + intensity normalisation;  ``registration.prepare``
 4. the network (any backend) -> forward / inverse fields;     ``runtime``
+   on a pair of two contrasts, one image mapped into the other's first; ``registration.contrast``
 5. instance optimisation (``refine``; by default only when the contrasts differ); ``refine``
 6. composition affine o deformable: a :class:`RegistrationResult`, which computes the native-grid
    outputs on demand and writes them (``registration.result``, ``registration.outputs``).
