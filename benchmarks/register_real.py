@@ -121,7 +121,7 @@ def make_synthetic_case(brains: Path, work: Path, name: str) -> dict:
     seed_text, *flags = rest.split("+")
     seed = int(seed_text)
     subject = SYNTH_SUBJECTS[subject_name]
-    source = next((subject[f] for f in flags if f in subject and f not in ("labels", "metric")), subject[""])
+    source = next((subject[f] for f in flags if f in subject), subject[""])
     t1 = load_volume(brains / subject[""])
     lab = load_volume(brains / subject["labels"], kind="labels")
     rng = np.random.default_rng(seed)

@@ -35,13 +35,15 @@ FIXED_MAP_MARGIN = 0.05
 class NetworkInput:
     """The model-grid pair the network and refine register (``moving``, ``fixed``), what was done
     (``info``: report.json ``contrast``), the fitted map and the ``side`` it was applied to
-    (None: the contrasts agree, nothing mapped)."""
+    (None: the contrasts agree, nothing mapped); ``mapped_native``: that image mapped on its own
+    voxels, when it was mapped there (an affine refit reads it)."""
 
     moving: np.ndarray
     fixed: np.ndarray
     info: dict = field(default_factory=dict)
     contrast_map: ContrastMap | LocalContrastMap | None = None
     side: str | None = None
+    mapped_native: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -49,6 +51,7 @@ class _Candidate:
     mapped: np.ndarray
     agreement: float
     fitted: ContrastMap | LocalContrastMap
+    mapped_native: np.ndarray | None = None
 
 
 def _agreement(a: np.ndarray, b: np.ndarray) -> float:
@@ -66,16 +69,14 @@ def _map_into(source_g: np.ndarray, target_g: np.ndarray,
     from dccnn_deploy.similarity import SAME_CONTRAST_MIN_CORRELATION
 
     fitted = fit_contrast_map(source_g, target_g)
-    if native is not None and not fitted.grid_only:
-        mapped = native[1](fitted(native[0]))
-    else:
-        mapped = fitted(source_g)
+    mapped_native = fitted(native[0]) if native is not None and not fitted.grid_only else None
+    mapped = native[1](mapped_native) if mapped_native is not None else fitted(source_g)
     after = _agreement(mapped, target_g)
     if after < SAME_CONTRAST_MIN_CORRELATION and not fitted.grid_only:
         fitted = fit_contrast_map(source_g, target_g, monotone=False)
-        mapped = fitted(source_g)
+        mapped, mapped_native = fitted(source_g), None
         after = _agreement(mapped, target_g)
-    return _Candidate(mapped, after, fitted)
+    return _Candidate(mapped, after, fitted, mapped_native)
 
 
 def network_input(prepared: PreparedPair, moving_affine: np.ndarray | None = None,
@@ -108,4 +109,4 @@ def network_input(prepared: PreparedPair, moving_affine: np.ndarray | None = Non
     info.update(mapped=True, map=chosen.fitted.kind, agreement_after=round(chosen.agreement, 4), mapped_image=side,
                 agreement_after_other=round(candidates[other[side]].agreement, 4))
     moving, fixed = (chosen.mapped, prepared.fixed_g) if side == "moving" else (prepared.moving_g, chosen.mapped)
-    return NetworkInput(moving, fixed, info, chosen.fitted, side)
+    return NetworkInput(moving, fixed, info, chosen.fitted, side, chosen.mapped_native)

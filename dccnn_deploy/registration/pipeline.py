@@ -155,15 +155,19 @@ def _refit_affine(moving: Volume, fixed: Volume, prepared: PreparedPair, given: 
     one contrast) in place of its original, the pair realigned by it: ``(AffineResult,
     PreparedPair, NetworkInput)``. MI aligns an inverted or T2 image less well than the same
     anatomy in one contrast (donor pairs: 3.8-4.0 mm from the same-content affine at the corners
-    of a brain box, 1.4-2.5 mm after the refit; docs/benchmarks.md)."""
+    of a brain box, 1.4-2.5 mm after the refit; docs/benchmarks.md). The mapped image is the one
+    mapped on its own voxels for the network (``given.mapped_native``: a rank map of an unstripped
+    pair always is), not mapped again."""
+    mapped = given.mapped_native
     if given.side == "moving":
-        mapped = given.contrast_map(prepared.moving_n)
         aff = register_affine(mapped, moving.affine, fixed.data, fixed.affine)
         prepared = realigned(prepared, moving.affine, aff.matrix)
-        return aff, prepared, dataclasses.replace(given, moving=moving_on_grid(mapped, moving.affine, prepared))
-    aff = register_affine(moving.data, moving.affine, given.contrast_map(prepared.fixed_n), fixed.affine)
-    prepared = realigned(prepared, moving.affine, aff.matrix)  # the grid and the fixed image stay
-    return aff, prepared, dataclasses.replace(given, moving=prepared.moving_g)
+        moving_in = moving_on_grid(mapped, moving.affine, prepared)
+    else:
+        aff = register_affine(moving.data, moving.affine, mapped, fixed.affine)
+        prepared = realigned(prepared, moving.affine, aff.matrix)  # the grid and the fixed image stay
+        moving_in = prepared.moving_g
+    return aff, prepared, dataclasses.replace(given, moving=moving_in, mapped_native=None)
 
 
 def _refit_affine_on_brain(moving: Volume, fixed: Volume, prepared: PreparedPair, stripped: PreparedPair, side: str,
@@ -312,6 +316,7 @@ def run(moving: ImageLike, fixed: ImageLike, opts: RegisterOptions | None = None
         network_pair, matrix = prepared, aff.matrix
         affine_info = {**_affine_record(aff), "refit_on_mapped_contrast": True}
     moving_in, fixed_in = given.moving, given.fixed
+    del given  # its image mapped at full resolution is no longer needed
     refine_cfg = refine_cfg.for_pair(contrasts_differ=contrast["mapped"])
     passes = _passes(opts, network, contrast, refine_cfg.passes)
     refining = refine_cfg.total_iterations > 0  # refine starts from both of the network's fields
