@@ -24,6 +24,9 @@ Cases (from ../shared/data/fetch_brains.sh):
   skull), ``+contrast`` paints the fixed image with its own random contrast (e.g. T2 -> T1),
   ``+fcontrast`` paints both with that second contrast (the same content in the fixed's contrast),
   ``+invert`` / ``+finvert`` invert the moving / fixed image's intensities inside the brain (a T2-like image).
+  ``+visible`` draws every contrast of the case so that each pair of touching labels differs by at least
+  :data:`VISIBLE_STEP` in each image (no boundary hidden in one image only: what a contrast map can use,
+  apart from what the images show).
 * ``colinhead_icbm`` / ``icbmhead_colin``: a real head with skull (Colin27 / ICBM 2009c) -> the
   other's skull-stripped brain; ``colin_icbmhead`` / ``icbm_colinhead``: the reverse (a brain ->
   the other's head);
@@ -174,16 +177,24 @@ def make_donor_case(brains: Path, work: Path, name: str, seed: int = 0) -> dict:
     case = work / name
     case.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
-    luts = [random_lookup(max(HEAD_LABELS), rng)]
-    luts.append(random_lookup(max(HEAD_LABELS), rng) if {"contrast", "fcontrast"} & set(flags) else luts[0])
+    paths = {role: brains / DONORS_DIR / donor / "atlas-desikankilliany.nii.gz" for role, donor in (("moving", moving), ("fixed", fixed))}
+    labels = {role: fill_interior(load_volume(path, kind="labels").data.astype(np.int32), INTERIOR_LABEL)
+              for role, path in paths.items()}
+    if "visible" in flags:
+        touching = _touching(labels["moving"]) | _touching(labels["fixed"])
+        draw = lambda: _visible_lookup(max(HEAD_LABELS), touching, rng)  # noqa: E731
+    else:
+        draw = lambda: random_lookup(max(HEAD_LABELS), rng)  # noqa: E731
+    luts = [draw()]
+    luts.append(draw() if {"contrast", "fcontrast"} & set(flags) else luts[0])
     if "fcontrast" in flags:  # both painted with the fixed image's contrast of ``+contrast``
         luts[0] = luts[1]
     gen = torch.Generator().manual_seed(seed)
     out = {"name": case.name, "metric": "DK Dice (82 labels)"}
-    for (role, donor), lut in zip((("moving", moving), ("fixed", fixed)), luts):
-        path = brains / DONORS_DIR / donor / "atlas-desikankilliany.nii.gz"
+    for role, lut in zip(("moving", "fixed"), luts):
+        path = paths[role]
         lab = load_volume(path, kind="labels")
-        filled = torch.from_numpy(fill_interior(lab.data.astype(np.int32), INTERIOR_LABEL))[None, None].float()
+        filled = torch.from_numpy(labels[role])[None, None].float()
         if f"{role[0]}head" in flags:  # shells of 2-5 mm CSF, 3-7 mm skull, 3-8 mm scalp (add_head counts 2 mm voxels)
             distance = torch.from_numpy(outside_distance(filled[0, 0].numpy()))[None, None] * float(lab.spacing[0]) / 2.0
             filled = add_head(filled, distance, rng)
@@ -194,6 +205,44 @@ def make_donor_case(brains: Path, work: Path, name: str, seed: int = 0) -> dict:
         out[role] = _save(case / f"{role}.nii.gz", image.astype(np.float32), lab.affine)
         out[f"{role}_labels"] = path
     return out
+
+
+#: ``+visible``: the least intensity difference between two touching labels in each painted image
+#: (twice the paint's texture)
+VISIBLE_STEP = 0.1
+
+
+def _touching(labels: np.ndarray) -> set[tuple[int, int]]:
+    """The pairs of label values (background 0 included) that share a voxel face in ``labels``."""
+    pairs: set[tuple[int, int]] = set()
+    for axis in range(3):
+        a = np.moveaxis(labels, axis, 0)
+        left, right = a[:-1].ravel(), a[1:].ravel()
+        differ = left != right
+        both = np.stack([np.minimum(left[differ], right[differ]), np.maximum(left[differ], right[differ])], 1)
+        pairs |= {(int(x), int(y)) for x, y in np.unique(both, axis=0)}
+    return pairs
+
+
+def _visible_lookup(max_label: int, touching: set[tuple[int, int]], rng: np.random.Generator):
+    """:func:`~dccnn_deploy.train.synth.random_lookup` whose touching labels differ by at least
+    :data:`VISIBLE_STEP`: labels drawn one by one in random order, each by rejection (the
+    candidate farthest from its drawn neighbours after 2000 tries)."""
+    import torch
+
+    neighbours: dict[int, set[int]] = {}
+    for x, y in touching:
+        neighbours.setdefault(x, set()).add(y)
+        neighbours.setdefault(y, set()).add(x)
+    lut = np.full(max_label + 1, np.nan)
+    lut[0] = 0.0
+    for label in rng.permutation(np.arange(1, max_label + 1)):
+        drawn = np.array([lut[n] for n in neighbours.get(int(label), ()) if not np.isnan(lut[n])])
+        candidates = rng.random(2000)
+        gap = np.abs(candidates[:, None] - drawn[None]).min(1) if drawn.size else np.ones(2000)
+        ok = np.flatnonzero(gap >= VISIBLE_STEP)
+        lut[label] = candidates[ok[0]] if ok.size else candidates[int(np.argmax(gap))]
+    return torch.from_numpy(lut.astype(np.float32))
 
 
 def real_cases(brains: Path, work: Path) -> list[dict]:

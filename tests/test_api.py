@@ -248,11 +248,14 @@ def test_cli_json_quiet_progress_and_outputs(study, tmp_path):
 
     assert input_handling(report) == []  # one contrast, two brains: nothing to say
     mapped = {**report, "contrast": {"mapped": True, "mapped_image": "fixed", "map": "rank (decreasing)"},
-              "refine": {"preset": "auto", "similarity": "lncc"}, "network_input_stripped": ["moving"]}
+              "refine": {"preset": "auto", "similarity": "lncc"}, "network_input_stripped": ["moving"],
+              "field_of_view": {"moving_tissue_outside_other_view": 0.0, "fixed_tissue_outside_other_view": 0.234,
+                                "cut_to_common_view": True}}
     console = Console(record=True, width=200)
     console.print(summary_table(mapped))
     assert ("moving head stripped for the network; contrasts differ: the fixed image mapped into the other's contrast "
-            "(rank (decreasing)); refined (auto, lncc)") in " ".join(console.export_text().split())  # the caption, wrapped
+            "(rank (decreasing)); 23 % of the fixed image's tissue outside the other's field of view: both cut to the "
+            "common view for the network; refined (auto, lncc)") in " ".join(console.export_text().split())  # wrapped
     res = runner.invoke(app, base + ["-o", str(tmp_path / "b"), "--quiet", "--outputs", "report"])
     # quiet: no progress, no summary; only what the result's checks warn of (the tiny random model may lower a similarity)
     assert res.exit_code == 0 and all(line.startswith("warning: ") for line in res.output.splitlines())

@@ -91,13 +91,20 @@ def read_inputs(moving: Path, fixed: Path) -> "Future[tuple[Volume, Volume]]":
 
 def input_handling(report: dict) -> list[str]:
     """What the pipeline did to the inputs before the network (report.json), one phrase each:
-    an inverted bright background, a head stripped, one image mapped into the other's contrast, a refinement."""
+    an inverted bright background, a head stripped, one image mapped into the other's contrast, both
+    cut to their common field of view, a refinement."""
     done = [f"{side} image: bright background, registered inverted" for side in report.get("bright_background_inverted") or []]
     done += [f"{side} head stripped for the network" for side in report.get("network_input_stripped") or []]
     contrast = report.get("contrast") or {}
     if contrast.get("mapped"):
         side = contrast.get("mapped_image", "moving")
         done.append(f"contrasts differ: the {side} image mapped into the other's contrast ({contrast.get('map')})")
+    view = report.get("field_of_view") or {}
+    if view.get("cut_to_common_view"):
+        shares = {side: view.get(f"{side}_tissue_outside_other_view", 0.0) for side in ("moving", "fixed")}
+        side = max(shares, key=shares.get)
+        done.append(f"{100 * shares[side]:.0f} % of the {side} image's tissue outside the other's field of view: "
+                    "both cut to the common view for the network")
     if report.get("refine"):
         done.append(f"refined ({report['refine']['preset']}, {report['refine']['similarity']})")
     return done

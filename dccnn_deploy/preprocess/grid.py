@@ -203,6 +203,28 @@ def resample_to_grid(
     return out.astype(np.float32)
 
 
+def in_field_of_view(points_world: np.ndarray, shape, affine: np.ndarray, world_transform: np.ndarray | None = None,
+                     margin_mm: float = 0.0) -> np.ndarray:
+    """Which world points ``(..., 3)`` an image of ``shape`` (voxel -> world ``affine``) covers, at
+    least ``margin_mm`` inside its edge (its field of view: the voxels' box, half a voxel beyond the
+    outer centres); ``world_transform`` (4x4) maps the points into the image's world first. Bool
+    ``(...)``."""
+    to_voxel = np.linalg.inv(np.asarray(affine, dtype=np.float64))
+    if world_transform is not None:
+        to_voxel = to_voxel @ np.asarray(world_transform, dtype=np.float64)
+    voxels = apply_affine(to_voxel, points_world)
+    margin = margin_mm / voxel_spacing(affine)
+    upper = np.asarray(shape[:3], dtype=np.float64) - 0.5 - margin
+    return np.all((voxels >= margin - 0.5) & (voxels <= upper), axis=-1)
+
+
+def grid_in_field_of_view(grid: Grid, shape, affine: np.ndarray, world_transform: np.ndarray | None = None,
+                          margin_mm: float = 0.0) -> np.ndarray:
+    """:func:`in_field_of_view` of every voxel of ``grid``: bool ``grid.shape``."""
+    voxels = np.indices(grid.shape, dtype=np.float64).reshape(3, -1).T
+    return in_field_of_view(apply_affine(grid.affine, voxels), shape, affine, world_transform, margin_mm).reshape(grid.shape)
+
+
 #: room (mm) kept beyond the fixed foreground's box on each side when the model grid is fitted to
 #: it (:func:`fitted_model_grid`): for the moving image's deformation and the network's context
 FIT_MARGIN_MM = 16.0

@@ -44,6 +44,7 @@ from dccnn_deploy.registration.prepare import (
     strip_for_network,
 )
 from dccnn_deploy.registration.contrast import NetworkInput, network_input
+from dccnn_deploy.registration.field_of_view import common_field_of_view
 from dccnn_deploy.registration.result import RegistrationResult
 from dccnn_deploy.registration.sanity_affine import overlap_warnings, similarity_warnings
 from dccnn_deploy.ops.native import available as compiled_sampler
@@ -316,6 +317,10 @@ def run(moving: ImageLike, fixed: ImageLike, opts: RegisterOptions | None = None
         network_pair, matrix = prepared, aff.matrix
         affine_info = {**_affine_record(aff), "refit_on_mapped_contrast": True}
     moving_in, fixed_in = given.moving, given.fixed
+    common, view = stages.run("field_of_view", common_field_of_view, moving_in, fixed_in, prepared.grid, moving_w, fixed_w,
+                              prepared.matrix)
+    if common is not None:  # one image lacks part of the other's tissue: both cut to what both show
+        moving_in, fixed_in = moving_in * common, fixed_in * common
     del given  # its image mapped at full resolution is no longer needed
     refine_cfg = refine_cfg.for_pair(contrasts_differ=contrast["mapped"])
     passes = _passes(opts, network, contrast, refine_cfg.passes)
@@ -344,6 +349,7 @@ def run(moving: ImageLike, fixed: ImageLike, opts: RegisterOptions | None = None
         "contrast": contrast,
         "bright_background_inverted": flipped,
         "network_input_stripped": [] if network_pair is prepared else list(aff.stripped),
+        "field_of_view": view,
         "refine_iterations": refine_cfg.total_iterations,
         "refine": refine_info,
         "grid": {"shape": list(prepared.grid.shape), "model_shape": list(settings.grid_shape), "spacing_mm": settings.spacing_mm},
