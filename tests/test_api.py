@@ -419,3 +419,19 @@ def test_default_registration_runs_the_forward_path_only_and_inverts_it_numerica
     seen.clear()
     dd.register(study["moving"], study["fixed"], model=network, refine=2)
     assert seen and all(seen)  # refinement starts from both of the network's fields
+
+
+def test_the_model_s_passes_stop_when_they_no_longer_improve_the_alignment(study):
+    """The model's own passes (here 4) are scored; an image against itself keeps none of them (the
+    written warp is the identity), while passes asked for explicitly all run."""
+    import dataclasses
+
+    network = dd.open_model(study["model"])
+    network = dataclasses.replace(network, settings=dataclasses.replace(network.settings, inference_passes=4))
+    itself = dd.register(study["fixed"], study["fixed"], model=network).metrics
+    scored = itself["passes_scored"]
+    assert itself["passes"] == 0 and scored["max"] == 4 and len(scored["local_ncc"]) == 2
+    assert scored["local_ncc"][1] - scored["local_ncc"][0] < 1e-3
+    assert itself["fields"]["folding_percent_forward"] == 0 and itself["warnings"] == []
+    asked = dd.register(study["fixed"], study["fixed"], model=network, passes=4).metrics
+    assert asked["passes"] == 4 and asked["passes_scored"] is None

@@ -127,3 +127,35 @@ def test_nearly_folded_forward_nodes_are_smoothed_too():
     assert torch.equal(repaired[..., :4, :, :], near[..., :4, :, :])  # far from it: untouched
     mild = squeezed(0.5)
     assert make_inverse_consistent(mild, None)[0] is mild
+
+
+def test_settled_passes_end_when_a_pass_stops_improving_the_alignment():
+    from dccnn_deploy.runtime.passes import settle_passes
+
+    moving, fixed = _blob((16.0, 12.0, 12.0)), _blob((8.0, 12.0, 12.0))
+    full = settle_passes(_half_step_network, moving, fixed, 8, min_gain=None)
+    assert full.kept == 8 and full.scores == []
+    settled = settle_passes(_half_step_network, moving, fixed, 8, min_gain=1e-3)
+    gains = np.diff(settled.scores)
+    assert 1 <= settled.kept < 8 and len(settled.scores) == settled.kept + 2  # the pass that stopped them was scored
+    assert (gains[:-1] >= 1e-3).all() and gains[-1] < 1e-3
+    again = run_passes(_half_step_network, moving, fixed, settled.kept)
+    assert torch.allclose(settled.forward, again[0]) and torch.allclose(settled.inverse, again[1])
+
+
+def test_an_aligned_pair_keeps_no_pass():
+    """A network that returns a small field of its own on a pair already aligned (as a trained one
+    does on an image against itself): every pass lowers the similarity, none is kept."""
+    from dccnn_deploy.runtime.passes import settle_passes
+
+    image = _blob((12.0, 12.0, 12.0)) + 0.3 * _blob((8.0, 15.0, 10.0))
+    rng = np.random.default_rng(0)
+
+    def wobbly(m, f, inverse=True):
+        field = 0.4 * rng.standard_normal((3, *m.shape)).astype(np.float32)
+        return field, (-field if inverse else None)
+
+    result = settle_passes(wobbly, image, image, 5)
+    assert result.kept == 0 and len(result.scores) == 2 and result.scores[1] < result.scores[0]
+    assert not result.forward.any() and not result.inverse.any() and result.forward.shape == (1, 3, *image.shape)
+    assert settle_passes(wobbly, image, image, 5, inverse=False).inverse is None

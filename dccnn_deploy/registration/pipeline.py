@@ -49,7 +49,7 @@ from dccnn_deploy.registration.result import RegistrationResult
 from dccnn_deploy.registration.sanity_affine import overlap_warnings, similarity_warnings
 from dccnn_deploy.ops.native import available as compiled_sampler
 from dccnn_deploy.ops.invert import make_inverse_consistent
-from dccnn_deploy.runtime.passes import run_passes
+from dccnn_deploy.runtime.passes import MIN_PASS_GAIN, PassResult, settle_passes
 from dccnn_deploy.runtime.loading import Network, check_precision, open_network
 from dccnn_deploy.registration.provenance import input_record, options_record
 from dccnn_deploy.registration.sanity import affine_sanity
@@ -132,12 +132,15 @@ class Stages:
 HEAD_MASK_PASSES = 1
 
 
-def _network_fields(network: Network | None, moving_g, fixed_g, passes: int = 1, inverse: bool = True):
-    """The network's fields after ``passes``; ``inverse=False``: the forward path alone (the
-    written inverse is the forward map's numerical inverse anyway), inverse None."""
+def _network_fields(network: Network | None, moving_g, fixed_g, passes: int = 1, inverse: bool = True,
+                    settle: bool = False) -> PassResult | None:
+    """The network's fields after ``passes`` (None without a network); ``inverse=False``: the forward
+    path alone (the written inverse is the forward map's numerical inverse anyway), inverse None;
+    ``settle``: at most ``passes``, ending at the first that no longer improves the alignment
+    (:func:`~dccnn_deploy.runtime.passes.settle_passes`)."""
     if network is None:
-        return None, None
-    return run_passes(network.backend.run, moving_g, fixed_g, passes, inverse)
+        return None
+    return settle_passes(network.backend.run, moving_g, fixed_g, passes, inverse, MIN_PASS_GAIN if settle else None)
 
 
 def _affine_record(aff) -> dict:
@@ -296,7 +299,7 @@ def run(moving: ImageLike, fixed: ImageLike, opts: RegisterOptions | None = None
     network_pair, strip_warnings = prepared, []
     if opts.affine and aff.stripped and aff.brain_mask is not None:  # a head against a brain: two brains
         head_to_head = None if network is None else (
-            lambda m, f: _network_fields(network, m, f, HEAD_MASK_PASSES, inverse=False)[0])
+            lambda m, f: _network_fields(network, m, f, HEAD_MASK_PASSES, inverse=False).forward)
         network_pair = stages.run("strip", strip_for_network, prepared, aff.stripped[0], aff.brain_mask, settings,
                                   aff.template_head, head_to_head)
         strip_warnings = list(network_pair.warnings)
@@ -324,14 +327,18 @@ def run(moving: ImageLike, fixed: ImageLike, opts: RegisterOptions | None = None
     del given  # its image mapped at full resolution is no longer needed
     refine_cfg = refine_cfg.for_pair(contrasts_differ=contrast["mapped"])
     passes = _passes(opts, network, contrast, refine_cfg.passes)
+    settle = opts.passes is None and refine_cfg.passes is None and passes > 1  # the model's passes, one contrast
     refining = refine_cfg.total_iterations > 0  # refine starts from both of the network's fields
-    fwd, inv = stages.run("network", _network_fields, network, moving_in, fixed_in, passes, refining)
+    ran = stages.run("network", _network_fields, network, moving_in, fixed_in, passes, refining, settle)
+    fwd, inv = (ran.forward, ran.inverse) if ran else (None, None)
+    kept = ran.kept if ran else 0
     refine_info = None
     if refining:
         say(f"refining ({refine_cfg.name})")
         fwd, inv, refine_info = stages.run("refine", _refine, refine_cfg, moving_in, fixed_in, fwd, inv)
     if fwd is not None:  # the written inverse is the numerical inverse of the forward map
-        network_inverse = lambda: _network_fields(network, moving_in, fixed_in, passes)[1]  # noqa: E731
+        network_inverse = lambda: (_network_fields(network, moving_in, fixed_in, kept).inverse if kept  # noqa: E731
+                                   else torch.zeros_like(fwd))
         fwd, inv = stages.run("invert", make_inverse_consistent, fwd, inv, fallback=network_inverse)
 
     moved_g = prepared.warped(fwd)
@@ -345,7 +352,8 @@ def run(moving: ImageLike, fixed: ImageLike, opts: RegisterOptions | None = None
         "model": {"path": network.path, "sha256": network.sha256} if network else None,
         "backend": network.backend.name if network else None,
         "device": opts.device,
-        "passes": passes if network else 0,
+        "passes": kept,
+        "passes_scored": {"max": passes, "local_ncc": [round(v, 5) for v in ran.scores]} if ran and ran.scores else None,
         "contrast": contrast,
         "bright_background_inverted": flipped,
         "network_input_stripped": [] if network_pair is prepared else list(aff.stripped),
