@@ -67,8 +67,8 @@ def register(
       one image had to be mapped into the other's contrast), a preset (``"fast"``,
       ``"accurate"``) or an iteration count (0: none); ``similarity``: its cost (``lncc``,
       ``mind``, ``ngf``; ``auto``: ``mind`` when the contrasts differ);
-    * ``passes``: network passes (None: the model's recommendation, one pass when the contrasts
-      differ);
+    * ``passes``: network passes (None: at most the model's recommendation, ending at the first
+      pass that no longer raises the local NCC; one pass when the contrasts differ);
     * ``backend``: ``torch``/``onnxruntime``/``tensorrt``; ``None``: from the model file's kind;
     * ``device``: ``cpu`` or ``cuda``; ``precision``: the torch network's arithmetic
       (``auto``: bfloat16 convolutions on CPUs with native bfloat16, ``fp32``, ``bf16``);

@@ -171,7 +171,7 @@ def register(
     ),
     similarity: str = typer.Option("auto", help="Refine similarity: lncc | mind | ngf | auto (mind when contrasts differ)."),
     passes: Optional[int] = typer.Option(
-        None, help="Network passes (default: the refine preset's, else the model's recommendation; 1 when contrasts still differ after mapping)."
+        None, help="Network passes, all run (default: the refine preset's, else up to the model's recommendation, ending at the first that no longer improves the local NCC; 1 when contrasts still differ after mapping)."
     ),
     moving_labels: Optional[Path] = typer.Option(None, help="Label map of the moving image."),
     fixed_labels: Optional[Path] = typer.Option(None, help="Label map of the fixed image (Dice/HD95)."),
