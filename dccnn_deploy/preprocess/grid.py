@@ -203,26 +203,37 @@ def resample_to_grid(
     return out.astype(np.float32)
 
 
-def in_field_of_view(points_world: np.ndarray, shape, affine: np.ndarray, world_transform: np.ndarray | None = None,
-                     margin_mm: float = 0.0) -> np.ndarray:
-    """Which world points ``(..., 3)`` an image of ``shape`` (voxel -> world ``affine``) covers, at
-    least ``margin_mm`` inside its edge (its field of view: the voxels' box, half a voxel beyond the
-    outer centres); ``world_transform`` (4x4) maps the points into the image's world first. Bool
-    ``(...)``."""
+def _within_box(voxels, shape) -> np.ndarray:
+    """Whether voxel coordinates (one array per axis, broadcastable) lie in the box of ``shape``'s
+    voxels, half a voxel beyond the outer centres: an image's field of view."""
+    inside = True
+    for coordinate, size in zip(voxels, shape[:3]):
+        inside = inside & (coordinate >= -0.5) & (coordinate <= size - 0.5)
+    return np.asarray(inside)
+
+
+def in_field_of_view(points_world: np.ndarray, shape, affine: np.ndarray, world_transform: np.ndarray | None = None
+                     ) -> np.ndarray:
+    """Which world points ``(..., 3)`` an image of ``shape`` (voxel -> world ``affine``) covers (its
+    field of view: the voxels' box, half a voxel beyond the outer centres); ``world_transform`` (4x4)
+    maps the points into the image's world first. Bool ``(...)``."""
     to_voxel = np.linalg.inv(np.asarray(affine, dtype=np.float64))
     if world_transform is not None:
         to_voxel = to_voxel @ np.asarray(world_transform, dtype=np.float64)
     voxels = apply_affine(to_voxel, points_world)
-    margin = margin_mm / voxel_spacing(affine)
-    upper = np.asarray(shape[:3], dtype=np.float64) - 0.5 - margin
-    return np.all((voxels >= margin - 0.5) & (voxels <= upper), axis=-1)
+    return _within_box(np.moveaxis(voxels, -1, 0), shape)
 
 
-def grid_in_field_of_view(grid: Grid, shape, affine: np.ndarray, world_transform: np.ndarray | None = None,
-                          margin_mm: float = 0.0) -> np.ndarray:
-    """:func:`in_field_of_view` of every voxel of ``grid``: bool ``grid.shape``."""
-    voxels = np.indices(grid.shape, dtype=np.float64).reshape(3, -1).T
-    return in_field_of_view(apply_affine(grid.affine, voxels), shape, affine, world_transform, margin_mm).reshape(grid.shape)
+def grid_in_field_of_view(grid: Grid, shape, affine: np.ndarray, world_transform: np.ndarray | None = None) -> np.ndarray:
+    """:func:`in_field_of_view` of every voxel of ``grid``: bool ``grid.shape``. The grid -> image
+    voxel map is affine, so each image coordinate is a sum of one line per grid axis (float32
+    broadcasts: ~5 ms for the 2 mm model grid, not a ``(N, 3)`` array of world points)."""
+    matrix = voxel_transform(affine, grid, world_transform).astype(np.float32)
+    lines = [np.arange(n, dtype=np.float32).reshape([-1 if a == axis else 1 for a in range(3)])
+             for axis, n in enumerate(grid.shape)]
+    voxels = [matrix[row, 0] * lines[0] + matrix[row, 1] * lines[1] + matrix[row, 2] * lines[2] + matrix[row, 3]
+              for row in range(3)]
+    return _within_box(voxels, shape)  # each coordinate spans all three axes: grid.shape
 
 
 #: room (mm) kept beyond the fixed foreground's box on each side when the model grid is fitted to
