@@ -178,8 +178,8 @@ def make_donor_case(brains: Path, work: Path, name: str, seed: int = 0) -> dict:
     case.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
     paths = {role: brains / DONORS_DIR / donor / "atlas-desikankilliany.nii.gz" for role, donor in (("moving", moving), ("fixed", fixed))}
-    labels = {role: fill_interior(load_volume(path, kind="labels").data.astype(np.int32), INTERIOR_LABEL)
-              for role, path in paths.items()}
+    volumes = {role: load_volume(path, kind="labels") for role, path in paths.items()}
+    labels = {role: fill_interior(lab.data.astype(np.int32), INTERIOR_LABEL) for role, lab in volumes.items()}
     if "visible" in flags:
         touching = _touching(labels["moving"]) | _touching(labels["fixed"])
         draw = lambda: _visible_lookup(max(HEAD_LABELS), touching, rng)  # noqa: E731
@@ -192,8 +192,7 @@ def make_donor_case(brains: Path, work: Path, name: str, seed: int = 0) -> dict:
     gen = torch.Generator().manual_seed(seed)
     out = {"name": case.name, "metric": "DK Dice (82 labels)"}
     for role, lut in zip(("moving", "fixed"), luts):
-        path = paths[role]
-        lab = load_volume(path, kind="labels")
+        lab = volumes[role]
         filled = torch.from_numpy(labels[role])[None, None].float()
         if f"{role[0]}head" in flags:  # shells of 2-5 mm CSF, 3-7 mm skull, 3-8 mm scalp (add_head counts 2 mm voxels)
             distance = torch.from_numpy(outside_distance(filled[0, 0].numpy()))[None, None] * float(lab.spacing[0]) / 2.0
@@ -203,7 +202,7 @@ def make_donor_case(brains: Path, work: Path, name: str, seed: int = 0) -> dict:
             inside = gaussian_smooth((filled > 0).float(), 1.0)[0, 0].numpy() > 0.5
             image = np.where(inside, image.max() - image, 0.0)
         out[role] = _save(case / f"{role}.nii.gz", image.astype(np.float32), lab.affine)
-        out[f"{role}_labels"] = path
+        out[f"{role}_labels"] = paths[role]
     return out
 
 
